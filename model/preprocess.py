@@ -1,0 +1,69 @@
+"""The config's test pipeline: decode to RGB, keep-ratio resize, normalise.
+
+Matches mmseg's `LoadImageFromFile` + `Resize(keep_ratio=True)` + `SegDataPreProcessor`: cv2's
+bilinear resize with mmcv's size rounding, mean/std on RGB.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .configs import ModelConfig
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """HxWx3 uint8 RGB from any PIL mode, upright per EXIF (as cv2.imread shows it)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit scans to 8 bits by their top byte, as cv2's IMREAD_COLOR does.
+        arr = np.asarray(image, dtype=np.uint32) >> 8
+        return np.repeat(np.clip(arr, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    if image.mode == "F":
+        arr = np.clip(np.asarray(image), 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if image.mode != "RGB":
+        image = image.convert("RGBA" if "transparency" in image.info else image.mode).convert("RGB")
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def load_image(source: bytes | str | Path | Image.Image) -> np.ndarray:
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    with Image.open(source) as image:
+        return to_rgb(image)
+
+
+def rescale_size(size: tuple[int, int], scale: tuple[int, int] | float) -> tuple[int, int]:
+    """mmcv.rescale_size: (w, h) scaled to fit `scale` = (long, short) edges, or by a factor."""
+    w, h = size
+    if isinstance(scale, (int, float)):
+        factor = float(scale)
+    else:
+        factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    return int(w * factor + 0.5), int(h * factor + 0.5)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize to (w, h); a no-op when the size already matches."""
+    if (image.shape[1], image.shape[0]) == tuple(size):
+        return image
+    return cv2.resize(image, tuple(size), interpolation=cv2.INTER_LINEAR)
+
+
+def test_resize(image: np.ndarray, config: ModelConfig) -> np.ndarray:
+    return resize_image(image, rescale_size((image.shape[1], image.shape[0]), config.test_scale))
+
+
+def normalize(batch: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """uint8 N x H x W x 3 (any device) to normalised float N x 3 x H x W."""
+    mean = torch.tensor(config.mean, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(config.std, device=batch.device).view(1, 3, 1, 1)
+    return (batch.permute(0, 3, 1, 2).float() - mean) / std
