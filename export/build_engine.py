@@ -1,0 +1,209 @@
+"""Build a TensorRT FP16 engine (plus its JSON sidecar) from a checkpoint, config name or ONNX file.
+
+    python export/build_engine.py --model CHECKPOINT|ONNX|NAME --out model.engine [--fp16 | --fp32]
+        [--min-batch 1 --opt-batch 8 --max-batch 16]
+        [--shape HxW | --min-shape HxW --opt-shape HxW --max-shape HxW]
+        [--workspace-gb G] [--timing-cache FILE] [--opt-level 0-5] [--verify IMAGES...]
+
+A checkpoint or name is first exported to ONNX with the argmax folded in (`model.onnx` beside the
+engine), so the engine returns int32 labels. Without a shape option the profile covers the two
+shapes the server batches in for this config (landscape and portrait test-scale buckets). Where
+`tensorrt` cannot be imported, the sidecar is still written and the equivalent `trtexec` command
+is printed, so the engine can be built on a machine that only has TensorRT's command-line tools.
+`--verify` runs the engine and ONNX Runtime on the given images (resized to the profile's opt
+size) and fails below 99.5% pixel agreement.
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:
+    # Run as a script: Python put export/ first on sys.path, where our onnx.py would shadow the
+    # `onnx` package. Import from the repository root instead.
+    import sys
+    from pathlib import Path
+
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+import hashlib
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from export.check import check_export, pixel_agreement, sample_batch
+from export.metadata import LABELS, ExportMetadata, read_onnx, write_sidecar
+from export.onnx import export_onnx
+from export.profile import ShapeProfile, hw_arg
+from export.tensorrt_build import (
+    EngineBuildError,
+    TensorRTUnavailable,
+    build_serialized,
+    check_profile_fits,
+    import_tensorrt,
+    onnx_input,
+    trtexec_command,
+)
+
+MIN_TRT_AGREEMENT = 0.995
+EXIT_NO_TENSORRT = 3
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python export/build_engine.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="checkpoint (.pth/.safetensors), .onnx file or config name (default: built-in)")
+    p.add_argument("--out", required=True, type=Path, help="engine file, .engine or .plan")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", dest="fp16", action="store_true", default=True, help="FP16 kernels (default)")
+    precision.add_argument("--fp32", dest="fp16", action="store_false", help="FP32/TF32 kernels only")
+    for name, default in (("min", 1), ("opt", 8), ("max", 16)):
+        p.add_argument(f"--{name}-batch", type=_positive(int), help=f"profile {name} batch size (default {default})")
+    p.add_argument("--shape", type=hw_arg, help="fixed input size HEIGHTxWIDTH")
+    for name in ("min", "opt", "max"):
+        p.add_argument(f"--{name}-shape", type=hw_arg, help=f"profile {name} input size HxW")
+    p.add_argument("--workspace-gb", type=_positive(float), default=4.0, help="builder workspace limit (default 4)")
+    p.add_argument("--timing-cache", type=Path, help="timing cache file, read if present and updated")
+    p.add_argument("--opt-level", type=int, choices=range(6), default=3, help="builder optimization level (default 3)")
+    p.add_argument("--verify", nargs="+", type=Path, metavar="IMAGE", help="images to compare against ONNX Runtime")
+    return p
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Fail fast, before any model loading, on inputs that cannot work."""
+    fail = parser().error
+    if args.out.suffix not in (".engine", ".plan"):
+        fail(f"--out must end in .engine or .plan (the server picks its backend by extension), got {args.out}")
+    ranged = [args.min_shape, args.opt_shape, args.max_shape]
+    if args.shape and any(ranged):
+        fail("use either --shape or --min-shape/--opt-shape/--max-shape, not both")
+    if any(ranged) and not all(ranged):
+        fail("--min-shape, --opt-shape and --max-shape go together")
+    if args.model and args.model.endswith(".onnx") and not Path(args.model).is_file():
+        fail(f"ONNX file {args.model} not found")
+    missing = [str(p) for p in args.verify or () if not p.is_file()]
+    if missing:
+        fail(f"--verify images not found: {', '.join(missing)}")
+
+
+def resolve_profile(args: argparse.Namespace, config, dims: list[int | None]) -> ShapeProfile:
+    """CLI values, else the graph's static dims, else defaults: batch 1/8/16 and the server's two
+    test-scale buckets (short x long and long x short) as the size range."""
+    batches = [args.min_batch, args.opt_batch, args.max_batch]
+    if dims[0] is not None:
+        batches = [b or dims[0] for b in batches]
+    batches = [b or d for b, d in zip(batches, (1, 8, 16))]
+    if args.shape:
+        hws = [args.shape] * 3
+    elif args.min_shape:
+        hws = [args.min_shape, args.opt_shape, args.max_shape]
+    elif dims[2] is not None and dims[3] is not None:
+        hws = [(dims[2], dims[3])] * 3
+    else:
+        short, long_ = min(config.test_scale), max(config.test_scale)
+        hws = [(short, short), (short, long_), (long_, long_)]
+    profile = ShapeProfile(*batches, *hws)
+    check_profile_fits(profile, dims)
+    return profile
+
+
+def prepare_onnx(args: argparse.Namespace) -> tuple[Path, ExportMetadata]:
+    """The ONNX file to build from: the given one, or a fresh checked export with argmax."""
+    if args.model and args.model.endswith(".onnx"):
+        return Path(args.model), read_onnx(args.model)
+    from model import load_model
+
+    net = load_model(args.model)
+    onnx_path = args.out.with_suffix(".onnx")
+    meta = export_onnx(net, onnx_path, with_argmax=True, shape=args.shape)
+    hw = args.shape or args.opt_shape or (min(net.config.test_scale), max(net.config.test_scale))
+    for result in check_export(net, onnx_path, [sample_batch(net.config, 2, hw)]):
+        print(f"onnx check: {result}")
+    return onnx_path, meta
+
+
+def verify(engine_path: Path, onnx_path: Path, images: list[Path], profile: ShapeProfile) -> float:
+    """Pixel agreement of the engine's labels with ONNX Runtime's (fp32, CPU) on `images`."""
+    import numpy as np
+    import torch
+
+    from export.ort_session import create_session, labels_of
+    from export.tensorrt_runtime import EngineRunner
+    from model.preprocess import load_image, normalize, resize_image
+
+    runner = EngineRunner(engine_path)
+    h, w = profile.opt_hw
+    pixels = torch.from_numpy(np.stack([resize_image(load_image(p), (w, h)) for p in images]))
+    x = normalize(pixels, runner.meta.model_config())
+    session = create_session(onnx_path)
+    reference = labels_of(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], runner.meta.output)
+    out = runner.run(x.to(runner.device))
+    engine = (out if runner.meta.output == LABELS else out.argmax(1)).to(torch.uint8).cpu().numpy()
+    return pixel_agreement(reference, engine)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    validate(args)
+    from model.safe_load import CheckpointError
+
+    try:
+        onnx_path, meta = prepare_onnx(args)
+        input_name, dims = onnx_input(onnx_path)
+        profile = resolve_profile(args, meta.model_config(), dims)
+    except (CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    build = dict(
+        fp16=args.fp16, workspace_gb=args.workspace_gb, timing_cache=args.timing_cache, opt_level=args.opt_level
+    )
+    facts = {
+        "profile": profile.to_json(),
+        "input": input_name,
+        "precision": "fp16" if args.fp16 else "fp32",
+        "builder_optimization_level": args.opt_level,
+        "onnx": onnx_path.name,
+        "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+    }
+    try:
+        import_tensorrt()
+    except TensorRTUnavailable as exc:
+        sidecar = write_sidecar(args.out, meta, **facts, tensorrt_version=None, built_with="trtexec")
+        print(f"error: {exc}.\nBuild the same engine with TensorRT's command-line tool instead:\n", file=sys.stderr)
+        print(trtexec_command(onnx_path, args.out, profile, input_name, **build))
+        print(f"\n(the server reads {sidecar}, already written, next to the engine)", file=sys.stderr)
+        return EXIT_NO_TENSORRT
+    start = time.perf_counter()
+    try:
+        engine, version = build_serialized(onnx_path, profile, **build)
+    except EngineBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(engine)
+    built_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_sidecar(args.out, meta, **facts, tensorrt_version=version, built_with="tensorrt-python", built_at=built_at)
+    print(f"built {args.out} ({len(engine) / 1e6:.1f} MB, TensorRT {version}) in {time.perf_counter() - start:.0f}s")
+    if args.verify:
+        agreement = verify(args.out, onnx_path, args.verify, profile)
+        print(f"verify: {len(args.verify)} images, pixel agreement with ONNX Runtime {100 * agreement:.3f}%")
+        if agreement < MIN_TRT_AGREEMENT:
+            print(f"error: agreement below {100 * MIN_TRT_AGREEMENT:.1f}%", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
