@@ -1,0 +1,78 @@
+"""Decoding every image mode to RGB, and mmcv's resize rules."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.preprocess import load_image, rescale_size, resize_image
+
+RNG = np.random.RandomState(0)
+RGB = RNG.randint(0, 255, (30, 40, 3), dtype=np.uint8)
+
+
+def encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_rgb_png_round_trips_exactly():
+    assert np.array_equal(load_image(encode(Image.fromarray(RGB), "PNG")), RGB)
+
+
+def test_grayscale_becomes_three_equal_channels():
+    gray = RGB[..., 0]
+    out = load_image(encode(Image.fromarray(gray, "L"), "PNG"))
+    assert out.shape == (30, 40, 3) and all(np.array_equal(out[..., c], gray) for c in range(3))
+
+
+def test_rgba_drops_alpha():
+    rgba = np.dstack([RGB, np.full((30, 40), 7, np.uint8)])
+    assert np.array_equal(load_image(encode(Image.fromarray(rgba, "RGBA"), "PNG")), RGB)
+
+
+def test_palette_image_expands_colours():
+    p = Image.fromarray(RGB).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    expected = np.asarray(p.convert("RGB"))
+    assert np.array_equal(load_image(encode(p, "PNG")), expected)
+
+
+def test_sixteen_bit_png_keeps_the_top_byte():
+    arr16 = (RGB[..., 0].astype(np.uint16) << 8) | 0xAB
+    out = load_image(encode(Image.fromarray(arr16), "PNG"))
+    assert np.array_equal(out[..., 1], RGB[..., 0])
+
+
+def test_cmyk_jpeg_decodes_to_rgb():
+    cmyk = Image.fromarray(RGB).convert("CMYK")
+    out = load_image(encode(cmyk, "JPEG", quality=95))
+    assert out.shape == (30, 40, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - RGB.astype(int)).mean() < 40
+
+
+def test_exif_orientation_is_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    out = load_image(encode(Image.fromarray(RGB), "JPEG", exif=exif, quality=95))
+    assert out.shape == (40, 30, 3)
+
+
+@pytest.mark.parametrize("size", [(2048, 1024), (480, 360), (97, 131), (1, 5000), (5000, 1)])
+@pytest.mark.parametrize("scale", [(2048, 1024), (2048, 512), (520, 520), (2049, 1025)])
+def test_rescale_size_matches_mmcv(size, scale):
+    import mmcv
+
+    assert rescale_size(size, scale) == mmcv.rescale_size(size, scale)
+
+
+def test_resize_matches_mmcv_imrescale():
+    import mmcv
+
+    image = RNG.randint(0, 255, (75, 131, 3), dtype=np.uint8)
+    expected = mmcv.imrescale(image, (200, 100), interpolation="bilinear")
+    got = resize_image(image, rescale_size((131, 75), (200, 100)))
+    assert np.array_equal(got, expected)
