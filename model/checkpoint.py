@@ -108,7 +108,9 @@ def _random_default() -> DeepLabV3Plus:
         "its segmentations are meaningless",
         stacklevel=3,
     )
-    net = build_model(get_config(DEFAULT_MODEL), with_auxiliary=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the same placeholder in every process, so outputs are comparable
+        net = build_model(get_config(DEFAULT_MODEL), with_auxiliary=False)
     net.meta = {"placeholder": "random weights"}
     return net
 
