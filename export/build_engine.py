@@ -157,7 +157,7 @@ def verify(engine_path: Path, onnx_path: Path, images: list[Path], profile: Shap
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     validate(args)
-    from model.safe_load import CheckpointError
+    from model import CheckpointError
 
     try:
         onnx_path, meta = prepare_onnx(args)

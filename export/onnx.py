@@ -155,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(f"--out must end in .onnx (the server picks its backend by extension), got {args.out}")
     if args.shape and args.sample_shape:
         parser().error("--sample-shape only applies to dynamic-size exports; --shape already fixes the size")
-    from model import load_model
-    from model.safe_load import CheckpointError
+    from model import CheckpointError, load_model
 
     try:
         net = load_model(args.model)

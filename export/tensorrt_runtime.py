@@ -42,8 +42,8 @@ class EngineRunner:
 
     def __init__(self, engine_path: str | Path, device: str = "cuda"):
         trt = import_tensorrt()
-        self.meta, build = read_sidecar(engine_path)
-        self.profile = ShapeProfile.from_json(build["profile"])
+        self.meta, self.build = read_sidecar(engine_path)
+        self.profile = ShapeProfile.from_json(self.build["profile"])
         self.device = torch.device(device)
         self._logger = trt.Logger(trt.Logger.WARNING)
         with torch.cuda.device(self.device):
