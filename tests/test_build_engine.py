@@ -1,0 +1,177 @@
+"""export/build_engine.py: argument validation, profiles, sidecars and the no-TensorRT path.
+
+The TensorRT build itself needs `tensorrt` and a GPU; those tests skip here with that reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import randomize
+
+from export.build_engine import main, resolve_profile
+from export.metadata import MetadataError, read_onnx, read_sidecar
+from export.profile import ShapeProfile, parse_hw
+from export.tensorrt_build import onnx_input, trtexec_command
+from model import DEFAULT_MODEL, build_model, get_config, save_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason="tensorrt is not installed (needs TensorRT 10 and a GPU)")
+CAMVID = get_config(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    net = build_model(CAMVID, with_auxiliary=False)
+    net.load_state_dict(randomize(net.state_dict(), seed=0))
+    return save_checkpoint(net, tmp_path_factory.mktemp("ckpt") / "r18.pth")
+
+
+@pytest.fixture(scope="module")
+def script_run(checkpoint, tmp_path_factory):
+    """`python export/build_engine.py` from a checkpoint, run as a script from another directory."""
+    work = tmp_path_factory.mktemp("engine")
+    engine = work / "r18.engine"
+    argv = ["--model", str(checkpoint), "--out", str(engine), "--shape", "64x96", "--timing-cache", "t.cache"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "export" / "build_engine.py"), *argv], cwd=work, capture_output=True, text=True
+    )
+    return proc, engine
+
+
+@pytest.fixture(scope="module")
+def labels_onnx(script_run) -> Path:
+    proc, engine = script_run
+    assert engine.with_suffix(".onnx").is_file(), proc.stderr
+    return engine.with_suffix(".onnx")
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed: the fallback path does not run")
+def test_without_tensorrt_prints_trtexec_command_and_writes_sidecar(script_run, labels_onnx):
+    proc, engine = script_run
+    assert proc.returncode == 3, proc.stderr
+    assert "TensorRT Python bindings (`tensorrt`, version 10) are not installed" in proc.stderr
+    assert "onnx check: batch 2 at 64x96" in proc.stdout
+    command = proc.stdout.strip().splitlines()[-1]
+    assert command == (
+        f"trtexec --onnx={labels_onnx} --saveEngine={engine} --minShapes=input:1x3x64x96 "
+        "--optShapes=input:8x3x64x96 --maxShapes=input:16x3x64x96 --fp16 --memPoolSize=workspace:4096M "
+        "--builderOptimizationLevel=3 --timingCacheFile=t.cache"
+    )
+    assert not engine.exists()
+    meta, build = read_sidecar(engine)
+    assert meta == read_onnx(labels_onnx) and meta.output == "labels"
+    assert ShapeProfile.from_json(build["profile"]) == ShapeProfile(1, 8, 16, (64, 96), (64, 96), (64, 96))
+    assert build["precision"] == "fp16" and build["tensorrt_version"] is None
+    assert build["onnx_sha256"] == hashlib.sha256(labels_onnx.read_bytes()).hexdigest()
+
+
+def test_exported_onnx_is_fixed_size_labels_graph(labels_onnx):
+    assert onnx_input(labels_onnx) == ("input", [None, 3, 64, 96])
+
+
+def test_trtexec_command_for_a_size_range():
+    profile = ShapeProfile(2, 4, 8, (360, 360), (360, 480), (480, 480))
+    command = trtexec_command(
+        "a b.onnx", "m.plan", profile, "input", fp16=False, workspace_gb=1.5, timing_cache=None, opt_level=5
+    )
+    assert command == (
+        "trtexec '--onnx=a b.onnx' --saveEngine=m.plan --minShapes=input:2x3x360x360 "
+        "--optShapes=input:4x3x360x480 --maxShapes=input:8x3x480x480 --memPoolSize=workspace:1536M "
+        "--builderOptimizationLevel=5"
+    )
+
+
+def _args(**overrides) -> argparse.Namespace:
+    base = dict(min_batch=None, opt_batch=None, max_batch=None, shape=None, min_shape=None, opt_shape=None, max_shape=None)
+    return argparse.Namespace(**base | overrides)
+
+
+def test_default_profile_covers_both_server_buckets():
+    profile = resolve_profile(_args(), CAMVID, [None, 3, None, None])
+    assert profile == ShapeProfile(1, 8, 16, (360, 360), (360, 480), (480, 480))
+    assert profile.accepts_hw((360, 480)) and profile.accepts_hw((480, 360))
+
+
+def test_profile_follows_static_dims_and_rejects_conflicts():
+    assert resolve_profile(_args(), CAMVID, [4, 3, 64, 96]) == ShapeProfile(4, 4, 4, (64, 96), (64, 96), (64, 96))
+    with pytest.raises(ValueError, match="height is fixed at 64"):
+        resolve_profile(_args(shape=(360, 480)), CAMVID, [None, 3, 64, 96])
+    with pytest.raises(ValueError, match="batch is fixed at 4"):
+        resolve_profile(_args(max_batch=8), CAMVID, [4, 3, 64, 96])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(min_batch=0), "min batch must be >= 1"),
+        (dict(min_batch=4, opt_batch=2), "min <= opt <= max"),
+        (dict(min_hw=(64, 96), opt_hw=(32, 96)), "heights must satisfy"),
+        (dict(max_hw=(64, 90)), "widths must satisfy"),
+    ],
+)
+def test_profile_rejects_bad_ranges(kwargs, message):
+    values = dict(min_batch=1, opt_batch=2, max_batch=4, min_hw=(64, 96), opt_hw=(64, 96), max_hw=(64, 96))
+    with pytest.raises(ValueError, match=message):
+        ShapeProfile(**values | kwargs)
+
+
+def test_profile_json_round_trip_and_hw_parsing():
+    profile = ShapeProfile(1, 2, 3, (10, 20), (30, 40), (50, 60))
+    assert ShapeProfile.from_json(profile.to_json()) == profile
+    assert parse_hw(" 360X480 ") == (360, 480)
+    for bad in ("360", "0x480", "axb", "360x480x3"):
+        with pytest.raises(ValueError):
+            parse_hw(bad)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--out", "m.onnx"], "--out must end in .engine or .plan"),
+        (["--out", "m.engine", "--shape", "64x96", "--min-shape", "64x96"], "either --shape or"),
+        (["--out", "m.engine", "--min-shape", "64x96"], "go together"),
+        (["--out", "m.engine", "--model", "missing.onnx"], "ONNX file missing.onnx not found"),
+        (["--out", "m.engine", "--verify", "nope.jpg"], "--verify images not found: nope.jpg"),
+        (["--out", "m.engine", "--workspace-gb", "0"], "must be > 0"),
+        (["--out", "m.engine", "--min-batch", "x"], "expected a number"),
+        (["--out", "m.engine", "--opt-level", "7"], "invalid choice"),
+        (["--out", "m.engine", "--shape", "64by96"], "expected HEIGHTxWIDTH"),
+        (["--out", "m.engine", "--fp16", "--fp32"], "not allowed with argument"),
+    ],
+)
+def test_cli_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_profile_conflicting_with_onnx_is_a_clear_error(labels_onnx, tmp_path, capsys):
+    assert main(["--model", str(labels_onnx), "--out", str(tmp_path / "m.engine"), "--shape", "360x480"]) == 2
+    assert "the ONNX graph's height is fixed at 64" in capsys.readouterr().err
+    assert main(["--model", str(labels_onnx), "--out", str(tmp_path / "m.engine"), "--min-batch", "9"]) == 2
+    assert "min <= opt <= max, got 9/8/16" in capsys.readouterr().err
+    assert not (tmp_path / "m.engine.json").exists()
+
+
+def test_sidecar_missing_is_a_clear_error(tmp_path):
+    with pytest.raises(MetadataError, match="r18.engine.json not found"):
+        read_sidecar(tmp_path / "r18.engine")
+
+
+@needs_tensorrt
+def test_engine_builds_and_agrees_with_onnxruntime(labels_onnx, camvid_dir, tmp_path):
+    images = sorted((camvid_dir / "images" / "val").glob("*.jpg"))[:3]
+    engine = tmp_path / "r18.engine"
+    argv = ["--model", str(labels_onnx), "--out", str(engine), "--max-batch", "2", "--timing-cache", str(tmp_path / "t")]
+    assert main([*argv, "--verify", *map(str, images)]) == 0  # 3 images through a max-batch-2 engine: split
+    _, build = read_sidecar(engine)
+    assert build["tensorrt_version"].startswith("10.") and (tmp_path / "t").stat().st_size > 0
