@@ -38,10 +38,11 @@ from .network import DeepLabV3Plus, build_model
 from .training import dist
 from .training.init import init_weights
 from .training.logs import RunLog
-from .training.loss import LossConfig, median_frequency_weights, seg_loss
+from .training.loss import LossConfig, median_frequency_weights
 from .training.schedule import poly_lr, set_lr
 from .training.state import load_state as load_run_state
 from .training.state import save_state
+from .training.step import train_step
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -202,13 +203,7 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
         torch.manual_seed(_dropout_seed(args.seed, it, info.rank, info.world))
         if args.channels_last:
             img = img.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits, aux = forward(img)
-        losses = seg_loss(logits, aux, label, loss_cfg)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["loss"]).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        losses = train_step(forward, optimizer, scaler, img, label, loss_cfg, amp_dtype)
         if ema is not None:
             ema.update_parameters(net)
         done, window_imgs = it + 1, window_imgs + img.shape[0] * info.world
@@ -236,7 +231,7 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
     bar.close()
     result = {"iteration": done, "best": best, "wall_s": elapsed + time.perf_counter() - t_start, "work_dir": str(work_dir)}
     if info.main:
-        log.write("end", done, **result)
+        log.write("end", done, best=best, wall_s=result["wall_s"])
     log.close()
     dist.teardown(info)
     return result
@@ -255,7 +250,7 @@ def _provenance(cfg, args, argv, info, done, wall, scores) -> dict:
         "iterations": done,
         "wall_time_s": round(wall, 1),
         "device": _device_name(info.device),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "crop_size": list(cfg.crop_size),
         "val": scores,
     }

@@ -18,11 +18,10 @@ class LabelFormatError(ValueError):
 
 def read_label(path: str | Path, reduce_zero_label: bool = False) -> np.ndarray:
     with Image.open(path) as im:
-        label = np.asarray(im)
+        label = np.array(im)
     if label.ndim != 2 or label.dtype != np.uint8:
         raise LabelFormatError(f"{path}: expected a single-channel 8-bit label map, got {label.dtype} {label.shape}")
     if reduce_zero_label:
-        label = label.copy()
         label[label == 0] = 255
         label = label - 1
         label[label == 254] = 255
