@@ -1,0 +1,181 @@
+"""docker-compose.yml (+ the CPU override), Prometheus and Grafana configs, checked against each other
+and against the service: compose-spec validation, promtool, PromQL parsing, settings and metric names."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from deploy_support import ROOT, check_settings, parse_dockerfile, promql_selectors, require_tool, service_metrics
+
+PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "deeplab-serve.json"
+RESET = object()
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """YAML loader that knows Compose's `!reset` merge tag."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: RESET)
+
+
+def interpolate(text: str) -> str:
+    """Compose's ${VAR:-default} interpolation, with every variable unset (the documented defaults)."""
+    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", text)
+
+
+def load(name: str) -> dict:
+    return yaml.load(interpolate((ROOT / name).read_text()), Loader=ComposeLoader)
+
+
+def merge(base, override):
+    """Compose's merge rules for what our override uses: mappings merge, !reset removes, rest replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = copy.deepcopy(base)
+        for key, value in override.items():
+            if value is RESET:
+                out.pop(key, None)
+            else:
+                out[key] = merge(out[key], value) if key in out else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(override)
+
+
+VARIANTS = {
+    "gpu": load("docker-compose.yml"),
+    "cpu": merge(load("docker-compose.yml"), load("docker-compose.cpu.yml")),
+}
+
+
+def container_port(service: dict) -> int:
+    (mapping,) = service["ports"]
+    return int(mapping.split(":")[-1])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_compose_file_is_valid_compose_spec(variant):
+    from compose_spec import PyCompose
+
+    compose = VARIANTS[variant]
+    PyCompose.from_yaml(yaml.safe_dump(compose)).validate()  # ValueError on any spec violation
+    declared = set(compose.get("volumes", {}))
+    for service in compose["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in declared, f"named volume {source} is not declared"
+            elif source != "./models":  # the user's model folder, created on first `up`
+                assert (ROOT / source).exists(), f"{source} does not exist"
+
+
+def test_gpu_reservation_and_cpu_override():
+    (device,) = VARIANTS["gpu"]["services"]["deeplab"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    cpu = VARIANTS["cpu"]["services"]["deeplab"]
+    assert "deploy" not in cpu, "the CPU override must drop the GPU reservation"
+    assert cpu["environment"]["DEEPLAB_DEVICE"] == "cpu"
+    _, stages = parse_dockerfile()
+    for variant, compose in VARIANTS.items():
+        build = compose["services"]["deeplab"]["build"]
+        assert build["target"] == variant and build["target"] in stages
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_server_settings_port_and_drain(variant, monkeypatch):
+    server = VARIANTS[variant]["services"]["deeplab"]
+    env = server["environment"]
+    check_settings(env, monkeypatch)
+    assert container_port(server) == int(env["DEEPLAB_PORT"])
+    grace = int(server["stop_grace_period"].rstrip("s"))
+    assert grace >= float(env["DEEPLAB_DRAIN_TIMEOUT_S"]) + 5, "docker would SIGKILL mid-drain"
+    assert server["read_only"] and {"/tmp", "/var/cache/deeplab"} <= {t.split(":")[0] for t in server["tmpfs"]}
+
+
+def mount_target(service: dict, source: str) -> str:
+    (target,) = [v.split(":")[1] for v in service["volumes"] if v.split(":")[0] == source]
+    return target
+
+
+def test_prometheus_config_passes_promtool():
+    promtool = require_tool("promtool")
+    proc = subprocess.run([promtool, "check", "config", str(PROMETHEUS_YML)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_prometheus_scrapes_the_server():
+    from service.settings import Settings
+
+    compose = VARIANTS["gpu"]
+    prometheus = compose["services"]["prometheus"]
+    config_path = mount_target(prometheus, "./deploy/prometheus/prometheus.yml")
+    assert f"--config.file={config_path}" in prometheus["command"]
+    (job,) = yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    (target,) = [t for sc in job["static_configs"] for t in sc["targets"]]
+    host, port = target.split(":")
+    assert host == "deeplab" and host in compose["services"]
+    assert int(port) == container_port(compose["services"]["deeplab"]) == Settings.model_fields["port"].default
+
+
+def test_grafana_provisioning_points_at_prometheus_and_dashboard():
+    compose = VARIANTS["gpu"]
+    grafana, prometheus = compose["services"]["grafana"], compose["services"]["prometheus"]
+    provisioning = Path(mount_target(grafana, "./deploy/grafana/provisioning"))
+    assert provisioning == Path("/etc/grafana/provisioning")
+    (source,) = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["url"] == f"http://prometheus:{container_port(prometheus)}"
+    (provider,) = yaml.safe_load((GRAFANA / "provisioning/dashboards/deeplab-serve.yml").read_text())["providers"]
+    assert provider["options"]["path"] == mount_target(grafana, "./deploy/grafana/dashboards")
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/{DASHBOARD.name}"
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    for panel in panels:
+        for ds in [panel["datasource"]] + [t["datasource"] for t in panel["targets"]]:
+            assert ds == {"type": "prometheus", "uid": source["uid"]}, panel["title"]
+
+
+def dashboard_queries() -> list[str]:
+    return [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
+
+
+def check_queries_against_service(exprs: list[str]) -> set[str]:
+    """Each query parses as PromQL and uses only series and labels the service exposes; returns the
+    series used. Target labels that Prometheus itself attaches are allowed too."""
+    exposed = service_metrics()
+    used = set()
+    for expr in exprs:
+        for name, labels in promql_selectors(expr):
+            assert name in exposed, f"{name} (in {expr}) is not exposed by the service"
+            extra = labels - exposed[name] - {"instance", "job", "namespace", "pod"}
+            assert not extra, f"{expr}: {name} has no labels {sorted(extra)}"
+            used.add(name)
+    return used
+
+
+def test_dashboard_queries_use_the_service_metrics():
+    used = check_queries_against_service(dashboard_queries())
+    required = {  # what issue 6 asks the dashboard to show
+        "request rate / errors by code": "deeplab_requests_total",
+        "latency p50/p90/p99": "deeplab_request_duration_seconds_bucket",
+        "queue wait": "deeplab_queue_wait_seconds_bucket",
+        "batch-size distribution": "deeplab_batch_size_bucket",
+        "queue depth": "deeplab_queue_depth",
+        "measured fps": "deeplab_measured_fps",
+        "reference fps": "deeplab_reference_fps",
+    }
+    missing = {what: name for what, name in required.items() if name not in used}
+    assert not missing
+    exprs = " ".join(dashboard_queries())
+    for q in ("0.5", "0.9", "0.99"):
+        assert f"histogram_quantile({q}, sum by (le) (rate(deeplab_request_duration_seconds_bucket" in exprs
+    assert re.search(r"sum by \(code\) \(rate\(deeplab_requests_total\{code!~", exprs)

@@ -1,0 +1,128 @@
+"""Dockerfile and .dockerignore: hadolint, then the rules issue 6 sets that a linter does not know."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+from deploy_support import ROOT, parse_dockerfile, require_tool
+
+FINAL_STAGES = ("cpu", "gpu")
+ARGS, STAGES = parse_dockerfile()
+
+
+def instructions(stage: str, instr: str) -> list[str]:
+    return [rest for i, rest in STAGES[stage] if i == instr]
+
+
+def base(stage: str) -> str:
+    return STAGES[stage][0][1]
+
+
+def venv_stage(stage: str) -> str:
+    """The stage the final image copies its virtualenv from."""
+    (copy,) = [c for c in instructions(stage, "COPY") if "/opt/venv" in c]
+    return re.match(r"--from=(\S+)", copy).group(1)
+
+
+def test_hadolint_passes():
+    hadolint = require_tool("hadolint")
+    proc = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_targets_gpu_by_default_and_cpu():
+    assert set(FINAL_STAGES) <= set(STAGES)
+    assert list(STAGES)[-1] == "gpu", "gpu must be the last stage: the default `docker build` target"
+    assert re.fullmatch(r"nvidia/cuda:[\d.]+-(cudnn-)?runtime-ubuntu[\d.]+", base("gpu")), base("gpu")
+    assert "cuda" not in base("cpu")
+
+
+def test_gpu_image_has_torch_tensorrt_and_onnxruntime_from_pip():
+    installs = " ".join(instructions(venv_stage("gpu"), "RUN"))
+    for package in ("torch==", "tensorrt-cu13==", "onnxruntime-gpu"):
+        assert package in installs, f"{package} is not pip-installed for the GPU image"
+    cuda_major = ARGS["CUDA_IMAGE"].split(":")[1].split(".")[0]
+    assert "tensorrt-cu" + cuda_major in installs, "TensorRT's CUDA major differs from the base image's"
+
+
+@pytest.mark.parametrize("stage", FINAL_STAGES)
+def test_final_stage_is_runtime_only(stage):
+    """The venv is built in a stage with the same base (so its interpreter path holds) and copied."""
+    assert base(venv_stage(stage)) == base(stage)
+    runs = " ".join(instructions(stage, "RUN"))
+    assert "pip install" not in runs and not re.search(r"\b(gcc|g\+\+|build-essential|-dev)\b", runs)
+
+
+@pytest.mark.parametrize("stage", FINAL_STAGES)
+def test_final_stage_serves_as_non_root_with_health_check(stage):
+    from service.settings import Settings
+
+    (user,) = instructions(stage, "USER")
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, "USER must be a numeric non-root uid (runAsNonRoot needs it)"
+    port = Settings.model_fields["port"].default
+    assert instructions(stage, "EXPOSE") == [str(port)]
+    (healthcheck,) = instructions(stage, "HEALTHCHECK")
+    cmd = json.loads(healthcheck.split(" CMD ", 1)[1])
+    assert "/healthz" in cmd[-1] and str(port) in cmd[-1]
+    (entrypoint,) = instructions(stage, "ENTRYPOINT")
+    assert json.loads(entrypoint) == ["python", "-m", "service"], "exec form, so SIGTERM reaches the server"
+
+
+def test_health_check_command_runs():
+    """The inline Python in HEALTHCHECK is valid and fails (non-zero) when nothing answers."""
+    (healthcheck,) = instructions("gpu", "HEALTHCHECK")
+    _, _, code = json.loads(healthcheck.split(" CMD ", 1)[1])
+    proc = subprocess.run([sys.executable, "-c", code], env={"DEEPLAB_PORT": "9"}, capture_output=True, text=True)
+    assert proc.returncode == 1 and "URLError" in proc.stderr, proc.stderr
+
+
+def test_builtin_model_is_baked_into_the_wheel():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "weights/*.pth" in pyproject["tool"]["setuptools"]["package-data"]["model"]
+    copies = instructions("wheel", "COPY")
+    for src in ("model", "service", "export"):
+        assert any(c.split()[0] == src for c in copies), f"{src}/ is not copied into the wheel build"
+    assert any("pip wheel" in r for r in instructions("wheel", "RUN"))
+
+
+def dockerignore_patterns() -> list[tuple[bool, re.Pattern]]:
+    patterns = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        glob = line.lstrip("!").strip("/")
+        regex = re.escape(glob).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*")
+        regex = regex.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        patterns.append((negate, re.compile(regex)))
+    return patterns
+
+
+def docker_ignores(path: str, patterns) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parent folders decides."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for negate, regex in patterns:
+        if any(regex.fullmatch(p) for p in prefixes):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_sends_sources_and_nothing_else():
+    patterns = dockerignore_patterns()
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    files = tracked.stdout.split()
+    needed = [f for f in files if f.split("/")[0] in {"model", "service", "export"} or f in
+              {"pyproject.toml", "README.md"}]
+    assert needed and not [f for f in needed if docker_ignores(f, patterns)]
+    for unwanted in (".git/HEAD", ".venv/bin/python", "tests/test_deploy_docker.py", "deploy/README.md",
+                     "model/__pycache__/configs.cpython-311.pyc", "export/out/model.engine"):
+        assert docker_ignores(unwanted, patterns), f"{unwanted} would be sent to the build"
