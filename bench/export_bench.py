@@ -1,0 +1,112 @@
+"""Model-only images/s: PyTorch (fp32, and fp16 on a GPU) against ONNX Runtime on the exported graph.
+
+"Model-only" means a normalised N x 3 x H x W batch already in place, timed to the logits (the
+same graph for both: `export.onnx` without argmax), so decoding, resizing and HTTP are excluded.
+PyTorch runs as the service's torch backend does (channels_last, cudnn.benchmark on CUDA).
+ONNX Runtime uses the best provider installed for the device (`export.ort_session`); on a GPU box
+without onnxruntime-gpu that is the CPU provider, shown for reference. Prints a table and writes
+JSON to bench/results/.
+
+    PYTHONPATH=. python bench/export_bench.py                      # CPU, default model, 360x480, batch 1 and 4
+    PYTHONPATH=. python bench/export_bench.py --device cuda --batches 1 4 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from export.onnx import export_onnx, sample_hw
+from export.ort_session import create_session
+from model import load_model
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _img_s(fn, batch: int, iters: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    _sync(device)
+    return iters * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="config name or checkpoint (default: the built-in default model)")
+    ap.add_argument("--onnx", type=Path, help="reuse this exported logits graph instead of exporting one")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--json", type=Path, help="default: bench/results/export_bench_<cpu|gpu>.json")
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    net = load_model(args.model)
+    h, w = sample_hw(net.config)
+    onnx_path = args.onnx or Path(tempfile.mkdtemp()) / "bench.onnx"
+    if not args.onnx:
+        export_onnx(net, onnx_path)
+    session = create_session(onnx_path, str(device))
+    engines = {"torch fp32": torch.float32}
+    if device.type == "cuda":
+        engines["torch fp16"] = torch.float16
+
+    rows = []
+    for batch in args.batches:
+        x = torch.randn(batch, 3, h, w)
+        for engine, dtype in engines.items():
+            model = net.to(device, dtype, memory_format=torch.channels_last).eval()
+            xd = x.to(device, dtype).contiguous(memory_format=torch.channels_last)
+
+            @torch.inference_mode()
+            def forward(model=model, xd=xd):
+                model(xd)
+
+            rows.append({"engine": engine, "batch": batch, "img_s": _img_s(forward, batch, args.iters, args.warmup, device)})
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        cpu = torch.device("cpu")  # session.run returns host arrays: nothing left to synchronise
+        ort_s = _img_s(lambda: session.run(None, feed), batch, args.iters, args.warmup, cpu)
+        rows.append({"engine": f"onnxruntime ({session.get_providers()[0]})", "batch": batch, "img_s": ort_s})
+
+    import onnxruntime
+
+    result = {
+        "config": net.config.name,
+        "input_hw": [h, w],
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "iters": args.iters,
+        "rows": [{**r, "img_s": round(r["img_s"], 2), "ms_per_batch": round(1000 * r["batch"] / r["img_s"], 2)} for r in rows],
+    }
+    print(f"\n{result['device']} ({result['cpu_count']} CPUs), {net.config.name} at {h}x{w}, model only")
+    print("| engine | batch | images/s | ms/batch |")
+    print("|---|--:|--:|--:|")
+    for r in result["rows"]:
+        print(f"| {r['engine']} | {r['batch']} | {r['img_s']:.2f} | {r['ms_per_batch']:.1f} |")
+    out = args.json or Path("bench/results") / f"export_bench_{'gpu' if device.type == 'cuda' else 'cpu'}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
