@@ -1,0 +1,1 @@
+"""DeepLabV3+ segmentation service: FastAPI app, dynamic batcher, pluggable inference backends."""

@@ -1,0 +1,39 @@
+"""``python -m service`` / ``deeplab-serve``: every setting as a flag, defaulting to the environment.
+
+Flags are generated from ``Settings`` (``max_batch_size`` -> ``--max-batch-size``) so the CLI and
+the ``DEEPLAB_*`` variables can never disagree; a flag given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from service.settings import Settings
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(prog="deeplab-serve", description="DeepLabV3+ segmentation service")
+    for name, field in Settings.model_fields.items():
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=argparse.SUPPRESS,
+            help=f"{field.description or name} (env DEEPLAB_{name.upper()})",
+        )
+    given = vars(parser.parse_args(argv))
+    try:
+        return Settings(**given)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_args(argv)
+    from service.server import serve  # after parsing: --help stays fast
+
+    serve(settings)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,238 @@
+"""HTTP only: request parsing, limits, status codes and response formats.
+
+The image arrives as multipart field ``image`` or as a raw ``image/*`` body; the body is counted
+while it streams in, so an oversized upload gets 413 without being buffered. Every failure is a
+``service.errors`` exception rendered as ``{"error", "detail"}`` JSON by ``app``'s handlers. A client
+that disconnects while its image is still queued is dropped before inference (logged as 499).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+
+from service import codec
+from service.errors import BadRequest, NotReady, UnsupportedMediaType, UploadTooLarge
+from service.runtime import Runtime, Segmentation
+
+router = APIRouter()
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+
+
+class ClassStat(BaseModel):
+    id: int
+    name: str
+    pixels: int
+    fraction: float
+
+
+class Timing(BaseModel):
+    queue_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+class RLEMask(BaseModel):
+    encoding: Literal["rle"]
+    order: Literal["row-major"]
+    size: list[int]
+    values: list[int]
+    counts: list[int]
+
+
+class SegmentJSON(BaseModel):
+    model: str
+    width: int
+    height: int
+    classes: list[ClassStat]
+    timing: Timing
+    mask: RLEMask | None = None
+
+
+def _errors(*codes: int) -> dict:
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "JPEG, PNG, WebP, BMP or TIFF; animated images are served by their first frame",
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}, "required": ["image"]}
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+_SEGMENT_RESPONSES = {
+    200: {
+        "description": "format=png: palette PNG label map (pixel = class index) at the original size; "
+        "format=overlay: JPEG blend; format=json: class statistics",
+        "content": {"image/png": {}, "image/jpeg": {}, "application/json": {"schema": {"$ref": "#/components/schemas/SegmentJSON"}}},
+        "model": SegmentJSON,
+    },
+    400: {"model": ErrorBody, "description": "empty body, corrupt or truncated image, bad multipart"},
+    413: {"model": ErrorBody, "description": "upload over max_upload_bytes, or image over max_image_pixels"},
+    415: {"model": ErrorBody, "description": "not an image, unsupported format or content type"},
+    422: {"model": ErrorBody, "description": "bad query parameter or impossible image dimensions"},
+    429: {"model": ErrorBody, "description": "queue full; see Retry-After"},
+    503: {"model": ErrorBody, "description": "loading or draining"},
+    504: {"model": ErrorBody, "description": "queued longer than request_timeout_s"},
+}
+
+
+def runtime_of(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def _limited(receive, limit: int):
+    """Wrap an ASGI ``receive`` so the body raises ``UploadTooLarge`` once it passes ``limit``."""
+    seen = 0
+
+    async def wrapped():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise UploadTooLarge(f"request body is over the {limit}-byte limit")
+        return message
+
+    return wrapped
+
+
+async def read_image(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise UploadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = Request(request.scope, _limited(request.receive, limit))
+    if content_type == "multipart/form-data":
+        form = await body.form(max_files=1, max_fields=8)
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise BadRequest("multipart body has no file field named 'image'")
+        return await upload.read()
+    if content_type.startswith("image/"):
+        return b"".join([chunk async for chunk in body.stream()])
+    raise UnsupportedMediaType(
+        f"content type {content_type or '(none)'!r}: send multipart/form-data with field 'image' or an image/* body"
+    )
+
+
+async def _until_disconnected(request: Request) -> None:
+    """Returns when the client goes away (uvicorn answers receive() with http.disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _segment_unless_disconnected(request: Request, runtime: Runtime, data: bytes) -> Segmentation | None:
+    work = asyncio.ensure_future(runtime.segment(data))
+    gone = asyncio.ensure_future(_until_disconnected(request))
+    await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if work.done():
+        gone.cancel()
+        return work.result()
+    work.cancel()  # still queued -> removed from the queue, never computed
+    await asyncio.gather(work, return_exceptions=True)
+    return None
+
+
+@router.post(
+    "/segment",
+    summary="Segment one image",
+    response_class=Response,
+    responses=_SEGMENT_RESPONSES,
+    openapi_extra=_IMAGE_BODY,
+)
+async def segment(
+    request: Request,
+    format: Literal["png", "json", "overlay"] = Query("png", description="png label map, json statistics, or overlay JPEG"),
+    mask: Literal["none", "rle"] = Query("none", description="format=json only: include the label map run-length encoded"),
+) -> Response:
+    runtime = runtime_of(request)
+    started = time.perf_counter()
+    if not runtime.lifecycle.ready:
+        raise NotReady(f"service is {runtime.lifecycle.state}")
+    runtime.lifecycle.active += 1
+    try:
+        data = await read_image(request, runtime.settings.max_upload_bytes)
+        result = await _segment_unless_disconnected(request, runtime, data)
+        if result is None:
+            return Response(status_code=499)
+        return await _render(runtime, result, format, mask, started)
+    finally:
+        runtime.lifecycle.active -= 1
+
+
+async def _render(runtime: Runtime, result: Segmentation, fmt: str, mask: str, started: float) -> Response:
+    cfg, out = runtime.config, result.outcome
+    palette = cfg.dataset.palette
+    if fmt == "png":
+        response = Response(await runtime.encode(codec.encode_label_png, result.labels, palette), media_type="image/png")
+    elif fmt == "overlay":
+        response = Response(await runtime.encode(codec.encode_overlay_jpeg, result.rgb, result.labels, palette), media_type="image/jpeg")
+    else:
+        counts = codec.class_histogram(result.labels, cfg.num_classes)
+        total = int(result.labels.size)
+        body = SegmentJSON(
+            model=cfg.name,
+            width=result.labels.shape[1],
+            height=result.labels.shape[0],
+            classes=[
+                ClassStat(id=i, name=name, pixels=int(n), fraction=int(n) / total)
+                for i, (name, n) in enumerate(zip(cfg.dataset.classes, counts))
+                if n
+            ],
+            timing=Timing(queue_ms=out.queue_s * 1e3, inference_ms=out.inference_s * 1e3, total_ms=(time.perf_counter() - started) * 1e3),
+            mask=codec.encode_rle(result.labels) if mask == "rle" else None,
+        )
+        response = JSONResponse(body.model_dump(exclude_none=True))
+    response.headers.update(
+        {
+            "X-Batch-Size": str(out.batch_size),
+            "X-Queue-Ms": f"{out.queue_s * 1e3:.2f}",
+            "X-Inference-Ms": f"{out.inference_s * 1e3:.2f}",
+            "X-Total-Ms": f"{(time.perf_counter() - started) * 1e3:.2f}",
+        }
+    )
+    return response
+
+
+@router.get("/v1/models", summary="The served model, its input policy, backend and batching settings")
+async def models(request: Request) -> dict:
+    runtime = runtime_of(request)
+    if not runtime.lifecycle.loaded:
+        raise NotReady("model is still loading")
+    return runtime.describe()
+
+
+@router.get("/healthz", summary="Liveness: the process is serving HTTP")
+async def healthz() -> dict:
+    return {"status": "alive"}
+
+
+@router.get("/readyz", summary="Readiness: model loaded and warmed up, not draining", responses=_errors(503))
+async def readyz(request: Request) -> dict:
+    lifecycle = runtime_of(request).lifecycle
+    if not lifecycle.ready:
+        raise NotReady(f"service is {lifecycle.state}")
+    return {"status": "ready"}
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(request: Request) -> Response:
+    return Response(runtime_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

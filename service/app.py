@@ -1,0 +1,76 @@
+"""The FastAPI application: wiring of runtime, routes, middleware and error handlers.
+
+``create_app(settings)`` is the only entry point; ``backend`` may be injected (tests serve small
+or deliberately slow backends through the very same app).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from service import api
+from service.backends import Backend
+from service.errors import ServiceError
+from service.metrics import ServiceMetrics
+from service.middleware import RequestMiddleware
+from service.runtime import Runtime
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def _error(status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    log.info("refused", extra={"error": exc.code, "detail": exc.detail})
+    return _error(exc.status, exc.code, exc.detail, exc.headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return _error(422, "invalid_parameter", detail)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    return _error(exc.status_code, _HTTP_CODES.get(exc.status_code, "bad_request"), str(exc.detail), exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error")
+    return _error(500, "internal_error", "internal error; see the server log for this request id")
+
+
+def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
+    metrics = ServiceMetrics()
+    runtime = Runtime(settings, metrics, backend)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await runtime.start()
+        yield
+        await runtime.stop()
+
+    app = FastAPI(
+        title="DeepLabV3+ segmentation service",
+        version="0.1.0",
+        description="POST an image to /segment; requests are batched dynamically onto the model.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.include_router(api.router)
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(RequestMiddleware, metrics=metrics)
+    return app

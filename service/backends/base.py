@@ -1,0 +1,47 @@
+"""The backend interface: everything the service needs from an inference engine, and no more.
+
+A backend turns a dense batch of bucket-sized uint8 RGB images into uint8 label maps of the same
+height and width. Normalisation, precision, device placement and argmax all live inside the
+backend, so each engine can do them where it is fastest (e.g. on the GPU, copying back only the
+uint8 labels), and the service stays engine-agnostic. Backends are called from one inference
+thread at a time, never concurrently.
+
+To add an engine (ONNX Runtime, TensorRT): subclass ``Backend``, implement ``load`` and ``infer``,
+and register the class path in ``service.backends.BACKENDS``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+
+import numpy as np
+
+
+class Backend(abc.ABC):
+    #: registry name, shown in /v1/models and the ``deeplab_model_info`` metric
+    name: str = "base"
+
+    def __init__(self, model: str | None, device: str = "cpu", precision: str = "fp32"):
+        self.model = model
+        self.device = device
+        self.precision = precision
+
+    @abc.abstractmethod
+    def load(self):
+        """Load the model onto ``device``, set ``self.config`` to the ``model.ModelConfig`` it
+        serves (classes, palette, test scale, mean/std, zoo entry) and return it."""
+
+    @abc.abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """``N x H x W x 3`` uint8 RGB -> ``N x H x W`` uint8 class indices."""
+
+    def warm_up(self, shapes: Iterable[tuple[int, int, int]]) -> None:
+        """Run one batch of each ``(n, height, width)`` so that lazy initialisation, memory pools
+        and per-shape kernel tuning happen before the first request, not during it."""
+        for n, height, width in shapes:
+            self.infer(np.zeros((n, height, width, 3), np.uint8))
+
+    def describe(self) -> dict:
+        """Extra facts for /v1/models (provenance, engine versions)."""
+        return {}

@@ -1,0 +1,174 @@
+"""Dynamic batching: requests queue up, batches go to one inference worker thread.
+
+Semantics follow Triton's dynamic batcher / Ray Serve's ``@serve.batch``: a batch of one *key*
+(shape bucket) is dispatched as soon as it holds ``max_batch_size`` items, or when its oldest item
+has waited ``max_delay_s``. The queue holds at most ``capacity`` items (more -> ``QueueFull``); an
+item still queued ``timeout_s`` after it arrived is removed and its caller gets ``QueueTimeout``; a
+caller that is cancelled (client gone) while queued is removed and never computed. Inference runs
+in a dedicated thread so the event loop keeps serving; if a batch raises, its items are retried one
+by one so that one bad item fails only its own request.
+
+Knows nothing about HTTP or torch: ``run_batch`` is any ``list -> list`` callable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.errors import QueueFull, QueueTimeout
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One item's result plus what the caller reports about its trip through the batcher."""
+
+    value: Any
+    batch_size: int
+    queue_s: float
+    inference_s: float
+
+
+@dataclass(eq=False)
+class _Entry:
+    key: Hashable
+    item: Any
+    enqueued: float
+    future: asyncio.Future
+    started: bool = field(default=False)
+
+
+class Batcher:
+    def __init__(
+        self,
+        run_batch: Callable[[list[Any]], list[Any]],
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        capacity: int,
+        timeout_s: float,
+        on_batch: Callable[[int, float], None] | None = None,
+    ):
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.capacity = capacity
+        self.timeout_s = timeout_s
+        self._on_batch = on_batch  # (batch_size, inference_seconds), called on the event loop
+        self._queues: dict[Hashable, deque[_Entry]] = {}
+        self._depth = 0
+        self._running = 0
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self._task: asyncio.Task | None = None
+
+    @property
+    def depth(self) -> int:
+        """Items waiting in the queue (not yet in a batch)."""
+        return self._depth
+
+    @property
+    def busy(self) -> int:
+        """Items queued or being computed."""
+        return self._depth + self._running
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._dispatch_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, key: Hashable, item: Any) -> Outcome:
+        """Queue ``item`` in batch group ``key`` and wait for its result."""
+        if self._depth >= self.capacity:
+            raise QueueFull(f"queue is full ({self.capacity} images waiting); retry shortly")
+        loop = asyncio.get_running_loop()
+        entry = _Entry(key, item, time.perf_counter(), loop.create_future())
+        self._queues.setdefault(key, deque()).append(entry)
+        self._depth += 1
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(entry.future), self.timeout_s)
+        except TimeoutError:
+            if self._discard(entry):
+                raise QueueTimeout(
+                    f"request waited more than {self.timeout_s:g} s in the queue"
+                ) from None
+            return await entry.future  # its batch already started: let it finish
+        except asyncio.CancelledError:
+            self._discard(entry)
+            raise
+
+    def _discard(self, entry: _Entry) -> bool:
+        """Remove a still-queued entry; False if its batch has already started."""
+        if entry.started:
+            return False
+        self._queues[entry.key].remove(entry)
+        self._depth -= 1
+        entry.future.cancel()
+        return True
+
+    def _next_key(self, now: float) -> tuple[Hashable | None, float]:
+        """The group to dispatch now (a full one first, else one whose oldest item is due),
+        or ``(None, seconds until the oldest item is due)``."""
+        full = [q for q in self._queues.values() if len(q) >= self.max_batch_size]
+        waiting = full or [q for q in self._queues.values() if q]
+        oldest = min(waiting, key=lambda q: q[0].enqueued)
+        due_in = oldest[0].enqueued + self.max_delay_s - now
+        if full or due_in <= 0:
+            return oldest[0].key, 0.0
+        return None, due_in
+
+    async def _dispatch_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wakeup.clear()
+            if not self._depth:
+                await self._wakeup.wait()
+                continue
+            key, due_in = self._next_key(time.perf_counter())
+            if key is None:
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), due_in)
+                except TimeoutError:
+                    pass
+                continue
+            queue = self._queues[key]
+            batch = [queue.popleft() for _ in range(min(self.max_batch_size, len(queue)))]
+            for entry in batch:
+                entry.started = True
+            self._depth -= len(batch)
+            self._running = len(batch)
+            start = time.perf_counter()
+            results = await loop.run_in_executor(self._executor, self._run_isolated, [e.item for e in batch])
+            inference_s = time.perf_counter() - start
+            self._running = 0
+            if self._on_batch is not None:
+                self._on_batch(len(batch), inference_s)
+            for entry, result in zip(batch, results):
+                if entry.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    entry.future.set_exception(result)
+                else:
+                    entry.future.set_result(Outcome(result, len(batch), start - entry.enqueued, inference_s))
+
+    def _run_isolated(self, items: list[Any]) -> list[Any]:
+        """Run a batch; if it fails, run its items one by one so only the culprit fails."""
+        try:
+            results = self._run_batch(items)
+            if len(results) != len(items):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
+            return results
+        except Exception as exc:
+            if len(items) == 1:
+                return [exc]
+            return [self._run_isolated([item])[0] for item in items]

@@ -1,0 +1,106 @@
+"""Bytes <-> pixels: checked image decoding and the three response encodings.
+
+Decoding reads the header first (format, size, frame count) so that a decompression bomb or an
+absurd size is refused before any pixel is decompressed; only then is the image decoded, through
+``model.preprocess.load_image`` so the service sees exactly the pixels the model CLI would (EXIF
+orientation, every PIL mode to RGB). Animated images (APNG, animated WebP, multi-page TIFF) are
+served by their first frame.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from model.preprocess import load_image
+from service.errors import BadDimensions, CorruptImage, EmptyBody, ImageTooLarge, UnsupportedMediaType
+
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+
+
+def probe(data: bytes, max_pixels: int) -> tuple[str, int, int]:
+    """Return ``(format, width, height)`` from the header, refusing what we will not decode."""
+    if not data:
+        raise EmptyBody("the request carried no image bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                fmt, (width, height) = img.format, img.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"image has too many pixels: {exc}") from None
+    except UnidentifiedImageError:
+        raise UnsupportedMediaType(
+            f"not a recognised image; send one of {', '.join(SUPPORTED_FORMATS)}"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise CorruptImage(f"unreadable image header: {exc}") from None
+    if fmt not in SUPPORTED_FORMATS:
+        raise UnsupportedMediaType(f"{fmt} images are not supported; send one of {', '.join(SUPPORTED_FORMATS)}")
+    if width < 1 or height < 1:
+        raise BadDimensions(f"image has zero size ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    return fmt, width, height
+
+
+def decode(data: bytes, max_pixels: int) -> np.ndarray:
+    """Checked decode to an ``HxWx3`` uint8 RGB array (first frame of animations)."""
+    probe(data, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            rgb = load_image(data)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"image has too many pixels: {exc}") from None
+    except Exception as exc:  # PIL raises OSError/ValueError/SyntaxError/struct.error/... on bad data
+        raise CorruptImage(f"image data is truncated or corrupt: {exc}") from None
+    return rgb
+
+
+def _palette_bytes(palette: Sequence[Sequence[int]]) -> list[int]:
+    flat = [int(c) for rgb in palette for c in rgb]
+    return flat + [0] * (768 - len(flat))
+
+
+def encode_label_png(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> bytes:
+    """Palette-mode PNG: pixel value = class index, colours = the dataset palette for viewers."""
+    img = Image.fromarray(labels)  # "L"; putpalette turns it into "P"
+    img.putpalette(_palette_bytes(palette))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)  # label maps compress well even at level 1
+    return buf.getvalue()
+
+
+def encode_overlay_jpeg(
+    rgb: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5
+) -> bytes:
+    """JPEG of the image blended with the palette colours of its labels."""
+    colours = np.asarray(palette, dtype=np.float32)[labels]
+    blend = (1 - alpha) * rgb.astype(np.float32) + alpha * colours
+    buf = io.BytesIO()
+    Image.fromarray(blend.round().astype(np.uint8)).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def class_histogram(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixel count per class index (length ``num_classes``)."""
+    return np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
+
+
+def encode_rle(labels: np.ndarray) -> dict:
+    """Row-major run-length encoding: ``values[i]`` repeated ``counts[i]`` times."""
+    flat = labels.ravel()
+    starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
+    counts = np.diff(np.r_[starts, flat.size])
+    return {
+        "encoding": "rle",
+        "order": "row-major",
+        "size": [int(labels.shape[0]), int(labels.shape[1])],
+        "values": flat[starts].tolist(),
+        "counts": counts.tolist(),
+    }

@@ -1,0 +1,95 @@
+"""Every Prometheus metric the service exports, defined in one place (``deeplab_`` prefix).
+
+Each app gets its own ``CollectorRegistry`` (no process-global state), so tests can run several
+apps side by side. Gauges that mirror live state (queue depth, fps) are computed at scrape time
+from callbacks instead of being pushed, so they can never go stale.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# 1 ms .. 10 s, roughly x2 per step: resolves a fast GPU batch and a slow CPU request alike.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+
+
+class RateMeter:
+    """Events per second over a sliding window; thread-safe (fed by the batcher, read by scrapes)."""
+
+    def __init__(self, window_s: float = 10.0):
+        self.window_s = window_s
+        self._events: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, n: int, now: float | None = None) -> None:
+        with self._lock:
+            self._events.append((time.monotonic() if now is None else now, n))
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._events and self._events[0][0] < now - self.window_s:
+                self._events.popleft()
+            return sum(n for _, n in self._events) / self.window_s
+
+
+class ServiceMetrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "deeplab_requests", "HTTP requests by endpoint and status code", ["endpoint", "code"], registry=r
+        )
+        self.request_duration = Histogram(
+            "deeplab_request_duration_seconds", "Request latency, receive to response", ["endpoint"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_wait = Histogram(
+            "deeplab_queue_wait_seconds", "Time an image waited in the batching queue",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.inference_duration = Histogram(
+            "deeplab_inference_duration_seconds", "Backend time per batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram("deeplab_batch_size", "Images per batch", buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("deeplab_queue_depth", "Images waiting in the batching queue", registry=r)
+        self.inflight = Gauge("deeplab_inflight_requests", "HTTP requests being handled", registry=r)
+        self.images = Counter("deeplab_images", "Images segmented", registry=r)
+        self.measured_fps = Gauge(
+            "deeplab_measured_fps", "Images segmented per second over the last 10 s", registry=r
+        )
+        self.reference_fps = Gauge(
+            "deeplab_reference_fps", "Seed table (mmseg model zoo) fps for the served config",
+            ["config", "gpu"], registry=r,
+        )
+        self.model_info = Gauge(
+            "deeplab_model_info", "Served model (value is always 1)",
+            ["config", "backend", "device", "precision"], registry=r,
+        )
+        self.ready = Gauge("deeplab_ready", "1 when loaded, warmed up and not draining", registry=r)
+        self.fps_meter = RateMeter()
+        self.measured_fps.set_function(self.fps_meter.rate)
+
+    def track_queue(self, depth: Callable[[], float]) -> None:
+        self.queue_depth.set_function(depth)
+
+    def describe_model(self, cfg, backend: str, device: str, precision: str) -> None:
+        self.model_info.labels(cfg.name, backend, device, precision).set(1)
+        zoo = cfg.zoo
+        if zoo is not None and zoo.fps is not None:
+            self.reference_fps.labels(cfg.name, zoo.fps_gpu or "unknown").set(zoo.fps)
+
+    def observe_batch(self, size: int, inference_s: float) -> None:
+        self.batch_size.observe(size)
+        self.inference_duration.observe(inference_s)
+        self.images.inc(size)
+        self.fps_meter.add(size)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,56 @@
+"""Per-request bookkeeping around every endpoint: request id, access log, request metrics.
+
+A plain ASGI middleware rather than ``BaseHTTPMiddleware``: it does not wrap ``receive``, so the
+/segment handler can still see the client's disconnect, and it adds no task per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from service.logs import request_id
+from service.metrics import ServiceMetrics
+
+log = logging.getLogger("service.access")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestMiddleware:
+    def __init__(self, app, metrics: ServiceMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if _SAFE_ID.match(given) else uuid.uuid4().hex  # never echo arbitrary bytes
+        token = request_id.set(rid)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        self.metrics.inflight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self.metrics.inflight.dec()
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            endpoint = route.path if route is not None else "unmatched"
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.request_duration.labels(endpoint).observe(elapsed)
+            log.info(
+                "%s %s %d %.1f ms", scope["method"], scope["path"], status, elapsed * 1e3,
+                extra={"method": scope["method"], "path": scope["path"], "status": status, "duration_ms": round(elapsed * 1e3, 2)},
+            )
+            request_id.reset(token)

@@ -1,0 +1,137 @@
+"""The segmentation pipeline behind /segment, independent of HTTP.
+
+Start-up loads the backend and warms it up in worker threads (so /healthz answers meanwhile), then
+starts the batcher. Per request: decode + resize/pad in the decode pool, wait for a batch on the
+inference thread, crop/resize the labels back in the decode pool. The event loop only routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from service import codec
+from service.backends import Backend, create_backend
+from service.batcher import Batcher, Outcome
+from service.buckets import InputPolicy, Prepared
+from service.lifecycle import Lifecycle
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    rgb: np.ndarray  # the decoded image (for overlays)
+    labels: np.ndarray  # H x W uint8 class indices at the original size
+    outcome: Outcome  # batch size and timings
+
+
+class Runtime:
+    def __init__(self, settings: Settings, metrics: ServiceMetrics, backend: Backend | None = None):
+        self.settings = settings
+        self.metrics = metrics
+        self.lifecycle = Lifecycle()
+        self.backend = backend or create_backend(
+            settings.model, settings.backend, settings.device, settings.precision
+        )
+        self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="codec")
+        self.config = None
+        self.policy: InputPolicy | None = None
+        self.batcher: Batcher | None = None
+
+    def warm_up_shapes(self) -> list[tuple[int, int, int]]:
+        """On CUDA every bucket at every batch size (cudnn.benchmark tunes kernels per shape);
+        elsewhere one batch per main bucket is enough to pay the one-time initialisation."""
+        if str(self.backend.device).startswith("cuda"):
+            sizes = range(1, self.settings.max_batch_size + 1)
+            return [(n, h, w) for w, h in self.policy.all_buckets() for n in sizes]
+        return [(1, h, w) for w, h in self.policy.full_buckets()]
+
+    async def start(self) -> None:
+        s = self.settings
+        self.config = await asyncio.to_thread(self.backend.load)
+        self.policy = InputPolicy.for_config(self.config)
+        shapes = self.warm_up_shapes()
+        log.info("warming up", extra={"shapes": len(shapes), "backend": self.backend.name})
+        await asyncio.to_thread(self.backend.warm_up, shapes)
+        self.batcher = Batcher(
+            self._run_batch,
+            max_batch_size=s.max_batch_size,
+            max_delay_s=s.max_queue_delay_ms / 1000,
+            capacity=s.queue_capacity,
+            timeout_s=s.request_timeout_s,
+            on_batch=self.metrics.observe_batch,
+        )
+        self.batcher.start()
+        self.metrics.track_queue(lambda: self.batcher.depth)
+        self.metrics.describe_model(self.config, self.backend.name, str(self.backend.device), self.backend.precision)
+        self.lifecycle.loaded = True
+        self.metrics.ready.set(1)
+        log.info("ready", extra={"config": self.config.name, "backend": self.backend.name, "device": str(self.backend.device)})
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self.pool.shutdown(wait=True)
+
+    def begin_drain(self) -> None:
+        self.lifecycle.draining = True
+        self.metrics.ready.set(0)
+
+    def _run_batch(self, items: list[Prepared]) -> list[np.ndarray]:
+        return list(self.backend.infer(np.stack([p.pixels for p in items])))
+
+    def _decode(self, data: bytes) -> tuple[np.ndarray, Prepared]:
+        rgb = codec.decode(data, self.settings.max_image_pixels)
+        return rgb, self.policy.prepare(rgb)
+
+    async def segment(self, data: bytes) -> Segmentation:
+        loop = asyncio.get_running_loop()
+        rgb, prepared = await loop.run_in_executor(self.pool, self._decode, data)
+        outcome = await self.batcher.submit(prepared.bucket, prepared)
+        self.metrics.queue_wait.observe(outcome.queue_s)
+        labels = await loop.run_in_executor(self.pool, InputPolicy.restore, outcome.value, prepared)
+        return Segmentation(rgb, labels, outcome)
+
+    async def encode(self, fn, *args) -> bytes:
+        """Run an encoder from ``service.codec`` in the codec pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def describe(self) -> dict:
+        cfg, s, zoo = self.config, self.settings, self.config.zoo
+        return {
+            "config": cfg.name,
+            "dataset": cfg.dataset.name,
+            "classes": list(cfg.dataset.classes),
+            "palette": [list(p) for p in cfg.dataset.palette],
+            "input_policy": {
+                "resize": "keep aspect ratio to fit test_scale (mmseg Resize(scale, keep_ratio=True))",
+                "test_scale": list(cfg.test_scale),
+                "pad_to_bucket_step": self.policy.step,
+                "buckets": [list(b) for b in self.policy.all_buckets()],
+                "pad_value_rgb": list(self.policy.pad_rgb),
+                "mean": list(cfg.mean),
+                "std": list(cfg.std),
+                "inference": cfg.inference,
+                "output": "labels at the original size (nearest-neighbour from the test scale)",
+            },
+            "backend": self.backend.name,
+            "device": str(self.backend.device),
+            "precision": self.backend.precision,
+            "backend_details": self.backend.describe(),
+            "batching": {
+                "max_batch_size": s.max_batch_size,
+                "max_queue_delay_ms": s.max_queue_delay_ms,
+                "queue_capacity": s.queue_capacity,
+                "request_timeout_s": s.request_timeout_s,
+            },
+            "reference": None
+            if zoo is None
+            else {"miou": zoo.miou, "miou_ms_flip": zoo.miou_ms_flip, "fps": zoo.fps, "fps_gpu": zoo.fps_gpu, "dataset": zoo.dataset_label},
+        }

@@ -1,0 +1,68 @@
+"""Running the app under uvicorn, with a graceful drain on SIGTERM.
+
+uvicorn's own SIGTERM handling stops listening at once, so a pod would refuse connections while
+Kubernetes still routes traffic to it. Instead the first SIGTERM only starts draining: /readyz
+turns 503 and new /segment requests get 503 while accepted ones finish; when none is left (or
+``drain_timeout_s`` has passed) uvicorn shuts down normally and the process exits 0. A second
+SIGTERM or a SIGINT falls back to uvicorn's immediate shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import uvicorn
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.backends import Backend
+from service.logs import configure
+from service.runtime import Runtime
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, runtime: Runtime):
+        super().__init__(config)
+        self.runtime = runtime
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig, frame) -> None:
+        if sig != signal.SIGTERM or self.runtime.lifecycle.draining or self._loop is None:
+            return super().handle_exit(sig, frame)
+        self.runtime.begin_drain()  # plain attribute writes: safe inside a signal handler
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain_then_exit()))
+
+    async def _drain_then_exit(self) -> None:
+        timeout = self.runtime.settings.drain_timeout_s
+        log.info("draining", extra={"active": self.runtime.lifecycle.active, "timeout_s": timeout})
+        finished = await self.runtime.lifecycle.wait_idle(timeout)
+        log.info("drained" if finished else "drain timeout: shutting down with requests left")
+        self.should_exit = True
+
+
+def build_server(settings: Settings, backend: Backend | None = None) -> DrainingServer:
+    app: FastAPI = create_app(settings, backend)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # logging is configured by service.logs
+        access_log=False,
+        timeout_graceful_shutdown=5,  # connections are idle by then: the drain already waited
+        lifespan="on",
+    )
+    return DrainingServer(config, app.state.runtime)
+
+
+def serve(settings: Settings, backend: Backend | None = None) -> None:
+    configure(settings.log_level, settings.log_format)
+    build_server(settings, backend).run()

@@ -1,0 +1,242 @@
+"""The service end to end: a real uvicorn server on 127.0.0.1 driven with httpx.
+
+The served network is the default CamVid DeepLabV3+ with random weights (random BN statistics
+too, so its label maps are varied) and a 64x48 test scale to keep CPU inference fast; results
+are compared with the same network run directly through ``model.Segmenter``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import io
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import randomize
+from model import DEFAULT_MODEL, Segmenter, build_model, get_config
+from service.backends.pytorch import TorchBackend
+from service.server import build_server
+from service.settings import Settings
+
+SCALE = (64, 48)
+
+
+def small_net(seed: int = 0) -> torch.nn.Module:
+    cfg = dataclasses.replace(get_config(DEFAULT_MODEL), test_scale=SCALE)
+    net = build_model(cfg)
+    net.load_state_dict(randomize(net.state_dict(), seed))
+    return net.eval()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(backend, **overrides):
+    """A real uvicorn server in a thread; yields its base URL once /readyz is 200."""
+    settings = Settings(host="127.0.0.1", port=free_port(), device="cpu", log_level="warning", **overrides)
+    server = build_server(settings, backend)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{settings.port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not become ready"
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/readyz").status_code == 200:
+                break
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def image_bytes(rgb: np.ndarray, fmt: str = "PNG", **save) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def scene(seed: int, size=SCALE) -> np.ndarray:
+    """A distinct smooth image: random blobs, so a random network still gives varied labels."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize(size, Image.BILINEAR))
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (Prometheus text format)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        base, _, label_text = series.partition("{")
+        if base == name and all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+@pytest.fixture(scope="module")
+def net():
+    return small_net()
+
+
+@pytest.fixture(scope="module")
+def reference(net):
+    """The same weights run directly, outside the service."""
+    return Segmenter(copy.deepcopy(net))
+
+
+@pytest.fixture(scope="module")
+def server(net):
+    with running_server(TorchBackend(net=copy.deepcopy(net)), max_batch_size=8, max_queue_delay_ms=50) as url:
+        yield url
+
+
+def post(url: str, data: bytes, fmt: str = "png", content_type="image/png", **params) -> httpx.Response:
+    return httpx.post(f"{url}/segment", params={"format": fmt, **params}, content=data, headers={"content-type": content_type}, timeout=60)
+
+
+def labels_of(response: httpx.Response) -> np.ndarray:
+    img = Image.open(io.BytesIO(response.content))
+    assert img.mode == "P"
+    return np.asarray(img)
+
+
+def test_png_label_map_matches_the_model_run_directly(server, reference):
+    rgb = scene(1)
+    r = post(server, image_bytes(rgb))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    got = labels_of(r)
+    want = reference.predict([rgb])[0]
+    assert got.shape == (48, 64)
+    assert np.array_equal(got, want)
+    assert len(np.unique(want)) > 1  # the comparison means something
+    palette = Image.open(io.BytesIO(r.content)).getpalette()[:33]
+    assert palette == [c for rgb_ in get_config(DEFAULT_MODEL).dataset.palette for c in rgb_]
+    for header in ("x-request-id", "x-batch-size", "x-queue-ms", "x-inference-ms", "x-total-ms"):
+        assert header in r.headers
+
+
+def test_multipart_upload_and_original_size(server, reference):
+    rgb = scene(2, size=(200, 120))  # resized to 64x38, padded into the 64x48 bucket
+    r = httpx.post(f"{server}/segment", files={"image": ("x.jpg", image_bytes(rgb, "JPEG", quality=95), "image/jpeg")}, timeout=60)
+    assert r.status_code == 200
+    got = labels_of(r)
+    assert got.shape == (120, 200)
+    decoded = np.asarray(Image.open(io.BytesIO(image_bytes(rgb, "JPEG", quality=95))).convert("RGB"))
+    want = reference.predict([decoded])[0]
+    # Padding and nearest-neighbour upsampling (vs bilinear logits) only move class boundaries.
+    assert (got == want).mean() > 0.9
+
+
+def test_json_format_with_rle_mask(server, reference):
+    rgb = scene(3)
+    r = post(server, image_bytes(rgb), fmt="json", mask="rle")
+    assert r.status_code == 200
+    body = r.json()
+    want = reference.predict([rgb])[0]
+    assert (body["model"], body["width"], body["height"]) == (DEFAULT_MODEL, 64, 48)
+    assert {c["id"]: c["pixels"] for c in body["classes"]} == {int(k): int(v) for k, v in zip(*np.unique(want, return_counts=True))}
+    assert abs(sum(c["fraction"] for c in body["classes"]) - 1) < 1e-9
+    assert body["classes"][0]["name"] == get_config(DEFAULT_MODEL).dataset.classes[body["classes"][0]["id"]]
+    assert set(body["timing"]) == {"queue_ms", "inference_ms", "total_ms"}
+    mask = body["mask"]
+    decoded = np.repeat(np.array(mask["values"], np.uint8), mask["counts"]).reshape(mask["size"])
+    assert np.array_equal(decoded, want)
+    assert "mask" not in post(server, image_bytes(rgb), fmt="json").json()
+
+
+def test_overlay_format(server):
+    rgb = scene(4)
+    r = post(server, image_bytes(rgb), fmt="overlay")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    overlay = Image.open(io.BytesIO(r.content))
+    assert overlay.format == "JPEG" and overlay.size == (64, 48)
+    assert not np.array_equal(np.asarray(overlay), rgb)
+
+
+def test_concurrent_distinct_images_each_get_their_own_result_in_real_batches(server):
+    images = [scene(100 + i) for i in range(16)]
+    singles = [labels_of(post(server, image_bytes(im))) for im in images]
+    assert len({s.tobytes() for s in singles}) > 8  # distinct images, distinct answers
+    before = metric(httpx.get(server + "/metrics").text, "deeplab_batch_size_count")
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda im: post(server, image_bytes(im)), images))
+    assert all(r.status_code == 200 for r in responses)
+    for single, r in zip(singles, responses):
+        assert np.array_equal(labels_of(r), single)
+    assert max(int(r.headers["x-batch-size"]) for r in responses) > 1
+    text = httpx.get(server + "/metrics").text
+    batches = metric(text, "deeplab_batch_size_count") - before
+    assert batches < 16  # some requests shared a batch
+    assert metric(text, "deeplab_batch_size_bucket", le="1.0") < metric(text, "deeplab_batch_size_count")
+
+
+def test_models_endpoint(server):
+    r = httpx.get(server + "/v1/models")
+    assert r.status_code == 200
+    body = r.json()
+    cfg = get_config(DEFAULT_MODEL)
+    assert body["config"] == DEFAULT_MODEL
+    assert body["classes"] == list(cfg.dataset.classes)
+    assert body["palette"] == [list(p) for p in cfg.dataset.palette]
+    assert (body["backend"], body["device"], body["precision"]) == ("torch", "cpu", "fp32")
+    assert body["batching"]["max_batch_size"] == 8
+    assert body["input_policy"]["test_scale"] == list(SCALE)
+    assert [64, 48] in body["input_policy"]["buckets"]
+
+
+def test_health_and_readiness(server):
+    assert httpx.get(server + "/healthz").json() == {"status": "alive"}
+    assert httpx.get(server + "/readyz").json() == {"status": "ready"}
+
+
+def test_metrics_content(server):
+    post(server, image_bytes(scene(5)))
+    post(server, b"not an image", content_type="image/png")
+    r = httpx.get(server + "/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    for name in (
+        "deeplab_requests_total", "deeplab_request_duration_seconds_bucket", "deeplab_queue_wait_seconds_bucket",
+        "deeplab_inference_duration_seconds_bucket", "deeplab_batch_size_bucket", "deeplab_queue_depth",
+        "deeplab_inflight_requests", "deeplab_images_total", "deeplab_measured_fps", "deeplab_model_info", "deeplab_ready",
+    ):
+        assert f"\n{name}" in text, name
+    assert metric(text, "deeplab_requests_total", endpoint="/segment", code="200") >= 1
+    assert metric(text, "deeplab_requests_total", endpoint="/segment", code="415") >= 1
+    assert metric(text, "deeplab_model_info", config=DEFAULT_MODEL, backend="torch", device="cpu", precision="fp32") == 1
+    assert metric(text, "deeplab_ready") == 1
+    assert metric(text, "deeplab_images_total") >= 1
+    assert metric(text, "deeplab_measured_fps") > 0
+    assert 'le="0.001"' in text and 'le="10.0"' in text  # latency buckets resolve 1 ms .. 10 s
+
+
+def test_openapi_describes_endpoints_and_errors(server):
+    spec = httpx.get(server + "/openapi.json").json()
+    seg = spec["paths"]["/segment"]["post"]
+    assert set(seg["requestBody"]["content"]) == {"multipart/form-data", "image/*"}
+    assert {"200", "400", "413", "415", "422", "429", "503", "504"} <= set(seg["responses"])
+    assert set(seg["responses"]["200"]["content"]) == {"image/png", "image/jpeg", "application/json"}
+    assert {p["name"] for p in seg["parameters"]} == {"format", "mask"}
+    for path in ("/v1/models", "/healthz", "/readyz", "/metrics"):
+        assert "get" in spec["paths"][path]
+    assert "503" in spec["paths"]["/readyz"]["get"]["responses"]
+    assert httpx.get(server + "/docs").status_code == 200
