@@ -1,0 +1,145 @@
+"""Model-only GPU throughput of DeepLabV3+ variants at 1024x2048, before and after our rewrites.
+
+    python -m bench.perf [--configs R-50-D8 ...] [--batches 1 4 8 16] [--profile] [--compile]
+
+For each backbone: eager fp32 (TF32) at batch 1 (the reference), then the optimized network
+(`model.fast`: BN folded, atrous separable convs on sub-grids) in fp16 channels_last at each batch,
+plus its label agreement with the fp32 reference. Prints a table, writes one JSON object per
+measurement to bench/results/perf_<gpu>.json; `--profile R-50-D8` prints the top CUDA kernels of
+that backbone at batch 1 before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from model import build_model, get_config
+from model.fast import optimize_for_inference
+
+CONFIGS = {
+    "R-18-D8": "deeplabv3plus_r18-d8_4xb2-80k_cityscapes-512x1024",
+    "R-50-D8": "deeplabv3plus_r50-d8_4xb2-40k_cityscapes-512x1024",
+    "R-101-D8": "deeplabv3plus_r101-d8_4xb2-40k_cityscapes-512x1024",
+    "R-101-D16-MG124": "deeplabv3plus_r101-d16-mg124_4xb2-40k_cityscapes-512x1024",
+}
+H, W = 1024, 2048
+
+
+def realistic_weights(net: torch.nn.Module) -> None:
+    """Random weights with unit-scale activations, so argmax agreement is a meaningful check."""
+    g = torch.Generator().manual_seed(0)
+    for name, t in net.state_dict().items():
+        if not t.is_floating_point():
+            continue
+        if name.endswith("running_var"):
+            t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+        elif name.endswith("running_mean"):
+            t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+        elif t.dim() > 1:
+            t.copy_(torch.randn(t.shape, generator=g) * (2.0 / t[0].numel()) ** 0.5)
+        else:
+            t.copy_(torch.randn(t.shape, generator=g) * 0.1 + (1.0 if name.endswith("weight") else 0.0))
+
+
+def time_forward(fn, x: torch.Tensor, iters: int) -> list[float]:
+    """Per-iteration milliseconds from CUDA events, after warm-up."""
+    for _ in range(3):
+        fn(x)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(x)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def profile(fn, x: torch.Tensor, title: str, top: int = 12) -> None:
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    fn(x)
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn(x)
+        torch.cuda.synchronize()
+    print(f"\n== profile: {title}")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=70))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8, 16])
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--profile", nargs="*", default=[], help="backbones to profile at batch 1")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of the optimized net")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    gpu = torch.cuda.get_device_name()
+    common = {"input": f"{H}x{W}", "mode": "model", "gpu": gpu, "torch": torch.__version__,
+              "date": datetime.date.today().isoformat(), "command": "python -m bench.perf " + " ".join(sys.argv[1:])}  # fmt: skip
+    rows = []
+
+    def record(label, backend, precision, batch, times, **extra):
+        med = statistics.median(times)
+        row = {"config": CONFIGS[label], "arch": label, "backend": backend, "precision": precision, "batch": batch,
+               "img_per_s": round(batch * 1000 / med, 1), "p50_ms": round(med, 2),
+               "p99_ms": round(sorted(times)[min(len(times) - 1, int(0.99 * len(times)))], 2), **extra, **common}  # fmt: skip
+        rows.append(row)
+        print(f"{label:<16} {backend:<22} {precision:<5} b={batch:<3} {row['img_per_s']:>8} img/s  p50 {row['p50_ms']:>8} ms"
+              + "".join(f"  {k}={v}" for k, v in extra.items()), flush=True)  # fmt: skip
+
+    for label in args.configs:
+        net = build_model(get_config(CONFIGS[label]), with_auxiliary=False).eval()
+        realistic_weights(net)
+        net = net.cuda()
+        x1 = torch.randn(1, 3, H, W, device="cuda")
+        with torch.inference_mode():
+            ref_labels = net(x1).argmax(1)
+            record(label, "torch-eager", "fp32", 1, time_forward(net, x1, args.iters))
+            eager16 = copy.deepcopy(net).half().to(memory_format=torch.channels_last)
+            fast = optimize_for_inference(net).half().to(memory_format=torch.channels_last)
+            if label in args.profile:
+                xp = x1.half().contiguous(memory_format=torch.channels_last)
+                profile(eager16, xp, f"{label} eager fp16 channels_last, batch 1")
+                profile(fast, xp, f"{label} optimized fp16 channels_last, batch 1")
+            x8 = torch.randn(8, 3, H, W, device="cuda").half().contiguous(memory_format=torch.channels_last)
+            record(label, "torch-eager", "fp16", 8, time_forward(eager16, x8, args.iters))
+            del eager16, x8
+            agree = (fast(x1.half().contiguous(memory_format=torch.channels_last)).argmax(1) == ref_labels).float().mean().item()
+            for b in args.batches:
+                xb = torch.randn(b, 3, H, W, device="cuda").half().contiguous(memory_format=torch.channels_last)
+                record(label, "torch-optimized", "fp16", b, time_forward(fast, xb, args.iters), agreement=round(agree, 5))
+            if args.compile:
+                t0 = time.perf_counter()
+                compiled = torch.compile(fast)
+                b = max(args.batches)
+                xb = torch.randn(b, 3, H, W, device="cuda").half().contiguous(memory_format=torch.channels_last)
+                compiled(xb)
+                torch.cuda.synchronize()
+                compile_s = round(time.perf_counter() - t0, 1)
+                record(label, "torch-optimized-compile", "fp16", b, time_forward(compiled, xb, args.iters), compile_s=compile_s)
+        del net, fast
+        torch.cuda.empty_cache()
+    out = Path(args.out or Path(__file__).parent / "results" / f"perf_{gpu.replace(' ', '_')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
