@@ -9,6 +9,7 @@ wherever kubectl is installed.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
 import shutil
@@ -226,6 +227,17 @@ def check_settings(env: dict[str, str], monkeypatch) -> None:
     Settings()  # raises pydantic.ValidationError on a bad value
 
 
+@functools.cache
+def service_get_paths() -> set[str]:
+    """Paths the service's app answers GET on (from its OpenAPI schema; nothing is started)."""
+    from service.app import create_app
+    from service.settings import Settings
+
+    spec = create_app(Settings()).openapi()
+    return {path for path, operations in spec["paths"].items() if "get" in operations}
+
+
+@functools.cache
 def service_metrics() -> dict[str, set[str]]:
     """Every series name the service's registry exposes on /metrics -> its label names.
 

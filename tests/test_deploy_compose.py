@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_support import ROOT, check_settings, parse_dockerfile, promql_selectors, require_tool, service_metrics
+from deploy_support import (
+    ROOT,
+    check_settings,
+    parse_dockerfile,
+    promql_selectors,
+    require_tool,
+    service_get_paths,
+    service_metrics,
+)
 
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -117,7 +125,7 @@ def test_prometheus_scrapes_the_server():
     config_path = mount_target(prometheus, "./deploy/prometheus/prometheus.yml")
     assert f"--config.file={config_path}" in prometheus["command"]
     (job,) = yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]
-    assert job["metrics_path"] == "/metrics"
+    assert job["metrics_path"] == "/metrics" and job["metrics_path"] in service_get_paths()
     (target,) = [t for sc in job["static_configs"] for t in sc["targets"]]
     host, port = target.split(":")
     assert host == "deeplab" and host in compose["services"]

@@ -9,7 +9,7 @@ import sys
 import tomllib
 
 import pytest
-from deploy_support import ROOT, parse_dockerfile, require_tool
+from deploy_support import ROOT, parse_dockerfile, require_tool, service_get_paths
 
 FINAL_STAGES = ("cpu", "gpu")
 ARGS, STAGES = parse_dockerfile()
@@ -69,7 +69,7 @@ def test_final_stage_serves_as_non_root_with_health_check(stage):
     assert instructions(stage, "EXPOSE") == [str(port)]
     (healthcheck,) = instructions(stage, "HEALTHCHECK")
     cmd = json.loads(healthcheck.split(" CMD ", 1)[1])
-    assert "/healthz" in cmd[-1] and str(port) in cmd[-1]
+    assert "/healthz" in cmd[-1] and "/healthz" in service_get_paths() and str(port) in cmd[-1]
     (entrypoint,) = instructions(stage, "ENTRYPOINT")
     assert json.loads(entrypoint) == ["python", "-m", "service"], "exec form, so SIGTERM reaches the server"
 
