@@ -20,6 +20,14 @@ from model.preprocess import load_image
 from service.errors import BadDimensions, CorruptImage, EmptyBody, ImageTooLarge, UnsupportedMediaType
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+_MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+
+
+def _claimed_format(data: bytes) -> str | None:
+    """The supported format whose signature ``data`` starts with, if any."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for magic, fmt in _MAGIC.items() if data.startswith(magic)), None)
 
 
 def probe(data: bytes, max_pixels: int) -> tuple[str, int, int]:
@@ -34,6 +42,8 @@ def probe(data: bytes, max_pixels: int) -> tuple[str, int, int]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"image has too many pixels: {exc}") from None
     except UnidentifiedImageError:
+        if claimed := _claimed_format(data):  # right signature, unreadable header (e.g. 0 width)
+            raise CorruptImage(f"{claimed} signature but an invalid header") from None
         raise UnsupportedMediaType(
             f"not a recognised image; send one of {', '.join(SUPPORTED_FORMATS)}"
         ) from None

@@ -1,0 +1,107 @@
+"""The service as a real process: ``python -m service`` serving the built-in model, and the
+graceful drain on SIGTERM that Kubernetes and docker rely on (issue 6, item 4)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from test_service import free_port, image_bytes, labels_of, metric, scene
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A real server process whose backend takes 0.5 s per batch of 4, so 16 requests are still
+# queued or running when SIGTERM arrives.
+SLOW_SERVER = """
+import sys
+sys.path.insert(0, "tests")
+from service.server import serve
+from service.settings import Settings
+from test_service import small_net
+from test_service_overload import SlowBackend
+serve(Settings(), SlowBackend(net=small_net(), delay_s=0.5))
+"""
+
+
+def start(args: list[str], port: int, **env) -> subprocess.Popen:
+    environ = {**os.environ, "DEEPLAB_HOST": "127.0.0.1", "DEEPLAB_PORT": str(port), "DEEPLAB_DEVICE": "cpu", **env}
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(url + "/readyz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server did not become ready")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_python_m_service_serves_the_builtin_model_and_exits_0_on_sigterm(camvid_dir):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start(["-m", "service", "--port", str(port), "--log-format", "json"], port)
+    try:
+        wait_ready(proc, url)
+        photo = sorted((camvid_dir / "images" / "val").glob("*.jpg"))[0]
+        r = httpx.post(url + "/segment", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")}, timeout=120)
+        assert r.status_code == 200
+        labels = labels_of(r)
+        assert labels.shape == np.asarray(Image.open(photo)).shape[:2]
+        assert labels.max() < 11
+        assert httpx.get(url + "/v1/models").json()["config"] == "deeplabv3plus_r18-d8_camvid-360x480"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        log = proc.stdout.read()
+        assert '"msg": "drained"' in log and '"request_id": "' + r.headers["x-request-id"] + '"' in log
+    finally:
+        stop(proc)
+
+
+def test_sigterm_drains_queued_and_running_requests_then_exits_0():
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start(["-c", SLOW_SERVER], port, DEEPLAB_MAX_BATCH_SIZE="4", DEEPLAB_DRAIN_TIMEOUT_S="20", DEEPLAB_LOG_LEVEL="warning")
+    try:
+        wait_ready(proc, url)
+        with ThreadPoolExecutor(16) as pool:
+            futures = [
+                pool.submit(httpx.post, url + "/segment", content=image_bytes(scene(i)), headers={"content-type": "image/png"}, timeout=60)
+                for i in range(16)
+            ]
+            deadline = time.monotonic() + 30
+            while metric(httpx.get(url + "/metrics").text, "deeplab_inflight_requests") < 17:  # 16 + this scrape
+                assert time.monotonic() < deadline, "requests never arrived"
+                time.sleep(0.02)
+            sent_at = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.1)
+            ready = httpx.get(url + "/readyz")
+            late = httpx.post(url + "/segment", content=image_bytes(scene(99)), headers={"content-type": "image/png"})
+            responses = [f.result() for f in futures]
+        assert ready.status_code == 503 and ready.json()["detail"] == "service is draining"
+        assert late.status_code == 503 and late.json()["error"] == "not_ready"
+        assert [r.status_code for r in responses] == [200] * 16
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - sent_at < 20
+    finally:
+        stop(proc)
