@@ -182,6 +182,7 @@ def test_service_pdb_and_hpa_target_the_deployment(overlay):
     assert objs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     ref = objs["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
     assert (ref["kind"], ref["name"]) == ("Deployment", objs["Deployment"]["metadata"]["name"])
+    assert "replicas" not in objs["Deployment"]["spec"], "the HPA owns the replica count"
 
 
 def adapter_metric_names() -> dict[str, str]:
