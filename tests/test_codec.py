@@ -1,0 +1,107 @@
+"""Image decoding with header checks, and the response encodings."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service import codec
+from service.errors import BadDimensions, CorruptImage, EmptyBody, ImageTooLarge, UnsupportedMediaType
+
+PALETTE = [(128, 128, 128), (128, 0, 0), (0, 0, 255)]
+
+
+def encoded(rgb: np.ndarray, fmt: str, **save) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+RGB = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF", "WEBP"])
+def test_lossless_formats_decode_exactly(fmt):
+    data = encoded(RGB, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    assert codec.probe(data, 10_000) == (fmt, 30, 20)
+    assert np.array_equal(codec.decode(data, 10_000), RGB)
+
+
+def test_jpeg_decodes_to_rgb_of_the_original_size():
+    data = encoded(RGB, "JPEG", quality=95)
+    out = codec.decode(data, 10_000)
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    assert np.array_equal(out, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+
+
+def test_exif_orientation_is_applied():
+    img = Image.fromarray(RGB)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif, quality=95)
+    assert codec.decode(buf.getvalue(), 10_000).shape == (30, 20, 3)
+
+
+def test_grey_and_palette_images_become_rgb():
+    grey = encoded(RGB[..., 0], "PNG")
+    out = codec.decode(grey, 10_000)
+    assert out.shape == (20, 30, 3) and np.array_equal(out[..., 0], RGB[..., 0])
+    pal = Image.fromarray(RGB).convert("P")
+    buf = io.BytesIO()
+    pal.save(buf, format="PNG")
+    assert codec.decode(buf.getvalue(), 10_000).shape == (20, 30, 3)
+
+
+@pytest.mark.parametrize(
+    "data,error",
+    [
+        (b"", EmptyBody),
+        (b"definitely not an image", UnsupportedMediaType),
+        (encoded(RGB, "GIF"), UnsupportedMediaType),
+        (encoded(RGB, "JPEG")[:200], CorruptImage),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, CorruptImage),
+        (encoded(RGB, "PNG"), ImageTooLarge),  # 600 px over a 599 px limit
+    ],
+)
+def test_refusals(data, error):
+    with pytest.raises(error):
+        codec.decode(data, 599)
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    """A header claiming 30000x30000 must be refused without decompressing 2.7 GB."""
+    img = Image.new("L", (30000, 30000))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=9)  # a few hundred KB: the classic bomb
+    with pytest.raises(ImageTooLarge):
+        codec.probe(buf.getvalue(), 40_000_000)
+
+
+def test_label_png_round_trips_with_palette():
+    labels = np.random.default_rng(1).integers(0, 3, (7, 9), dtype=np.uint8)
+    img = Image.open(io.BytesIO(codec.encode_label_png(labels, PALETTE)))
+    assert img.mode == "P" and img.size == (9, 7)
+    assert np.array_equal(np.asarray(img), labels)
+    assert img.getpalette()[:9] == [c for rgb in PALETTE for c in rgb]
+
+
+def test_overlay_blends_image_and_palette():
+    rgb = np.full((8, 8, 3), 200, np.uint8)
+    labels = np.zeros((8, 8), np.uint8)
+    labels[:, 4:] = 2
+    out = np.asarray(Image.open(io.BytesIO(codec.encode_overlay_jpeg(rgb, labels, PALETTE))))
+    assert out.shape == (8, 8, 3)
+    assert np.allclose(out[2, 1], [164, 164, 164], atol=8)  # (200 + 128) / 2
+    assert np.allclose(out[2, 6], [100, 100, 228], atol=12)  # (200 + (0, 0, 255)) / 2
+
+
+def test_rle_round_trip_and_histogram():
+    labels = np.array([[0, 0, 1], [1, 1, 2]], np.uint8)
+    rle = codec.encode_rle(labels)
+    assert rle["values"] == [0, 1, 2] and rle["counts"] == [2, 3, 1] and rle["size"] == [2, 3]
+    assert np.array_equal(np.repeat(rle["values"], rle["counts"]).reshape(rle["size"]), labels)
+    assert codec.class_histogram(labels, 4).tolist() == [2, 3, 1, 0]
