@@ -24,6 +24,7 @@ import torch
 
 from model import build_model, get_config
 from model.fast import optimize_for_inference
+from model.kernels import upsample_argmax, upsample_argmax_reference
 
 CONFIGS = {
     "R-18-D8": "deeplabv3plus_r18-d8_4xb2-80k_cityscapes-512x1024",
@@ -48,6 +49,31 @@ def realistic_weights(net: torch.nn.Module) -> None:
             t.copy_(torch.randn(t.shape, generator=g) * (2.0 / t[0].numel()) ** 0.5)
         else:
             t.copy_(torch.randn(t.shape, generator=g) * 0.1 + (1.0 if name.endswith("weight") else 0.0))
+
+
+def eager_labels(net):
+    return lambda x: net(x).argmax(1).to(torch.uint8)
+
+
+def fast_labels(net):
+    """The optimized path: 1/4-resolution logits, then the fused upsample + argmax kernel."""
+    ac = net.config.head.align_corners
+    return lambda x: upsample_argmax(net.decode(x), x.shape[2:], ac)
+
+
+def check_kernel() -> list[dict]:
+    """Fused upsample + argmax against F.interpolate + argmax on random logits."""
+    rows = []
+    for n, c, h, w, ac in [(2, 19, 256, 512, False), (1, 150, 128, 128, False), (3, 19, 193, 193, True), (1, 7, 37, 51, False)]:
+        logits = torch.randn(n, c, h, w, device="cuda", dtype=torch.float16)
+        for layout in ("nchw", "nhwc"):
+            x = logits if layout == "nchw" else logits.contiguous(memory_format=torch.channels_last)
+            got = upsample_argmax(x, (h * 4 + 1, w * 4 - 3), ac)
+            ref = upsample_argmax_reference(x, (h * 4 + 1, w * 4 - 3), ac)
+            rows.append({"shape": [n, c, h, w], "align_corners": ac, "layout": layout,
+                         "agreement": (got == ref).float().mean().item()})  # fmt: skip
+            print("kernel check", rows[-1], flush=True)
+    return rows
 
 
 def time_forward(fn, x: torch.Tensor, iters: int) -> list[float]:
@@ -93,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     common = {"input": f"{H}x{W}", "mode": "model", "gpu": gpu, "torch": torch.__version__,
               "date": datetime.date.today().isoformat(), "command": "python -m bench.perf " + " ".join(sys.argv[1:])}  # fmt: skip
     rows = []
+    kernel_rows = check_kernel()
 
     def record(label, backend, precision, batch, times, **extra):
         med = statistics.median(times)
@@ -109,24 +136,29 @@ def main(argv: list[str] | None = None) -> None:
         net = net.cuda()
         x1 = torch.randn(1, 3, H, W, device="cuda")
         with torch.inference_mode():
-            ref_labels = net(x1).argmax(1)
-            record(label, "torch-eager", "fp32", 1, time_forward(net, x1, args.iters))
+            ref_logits = net(x1)
+            ref_labels = ref_logits.argmax(1)
+            record(label, "torch-eager", "fp32", 1, time_forward(eager_labels(net), x1, args.iters),
+                   logit_absmax=round(ref_logits.abs().max().item(), 1))  # fmt: skip
             eager16 = copy.deepcopy(net).half().to(memory_format=torch.channels_last)
+            x1h = x1.half().contiguous(memory_format=torch.channels_last)
+            agree16 = (eager_labels(eager16)(x1h) == ref_labels).float().mean().item()
             fast = optimize_for_inference(net).half().to(memory_format=torch.channels_last)
             if label in args.profile:
-                xp = x1.half().contiguous(memory_format=torch.channels_last)
-                profile(eager16, xp, f"{label} eager fp16 channels_last, batch 1")
-                profile(fast, xp, f"{label} optimized fp16 channels_last, batch 1")
+                profile(eager_labels(eager16), x1h, f"{label} eager fp16 channels_last, batch 1")
+                profile(fast_labels(fast), x1h, f"{label} optimized fp16 channels_last, batch 1")
             x8 = torch.randn(8, 3, H, W, device="cuda").half().contiguous(memory_format=torch.channels_last)
-            record(label, "torch-eager", "fp16", 8, time_forward(eager16, x8, args.iters))
+            record(label, "torch-eager", "fp16", 8, time_forward(eager_labels(eager16), x8, args.iters),
+                   agreement=round(agree16, 5))  # fmt: skip
             del eager16, x8
-            agree = (fast(x1.half().contiguous(memory_format=torch.channels_last)).argmax(1) == ref_labels).float().mean().item()
+            agree = (fast_labels(fast)(x1h) == ref_labels).float().mean().item()
             for b in args.batches:
                 xb = torch.randn(b, 3, H, W, device="cuda").half().contiguous(memory_format=torch.channels_last)
-                record(label, "torch-optimized", "fp16", b, time_forward(fast, xb, args.iters), agreement=round(agree, 5))
+                record(label, "torch-optimized", "fp16", b, time_forward(fast_labels(fast), xb, args.iters),
+                       agreement=round(agree, 5))  # fmt: skip
             if args.compile:
                 t0 = time.perf_counter()
-                compiled = torch.compile(fast)
+                compiled = torch.compile(fast_labels(fast))
                 b = max(args.batches)
                 xb = torch.randn(b, 3, H, W, device="cuda").half().contiguous(memory_format=torch.channels_last)
                 compiled(xb)
@@ -137,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.empty_cache()
     out = Path(args.out or Path(__file__).parent / "results" / f"perf_{gpu.replace(' ', '_')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1))
+    out.write_text(json.dumps({"measurements": rows, "upsample_argmax_check": kernel_rows}, indent=1))
     print(f"wrote {out}")
 
 

@@ -1,6 +1,9 @@
 """Inference-only rewrites of a DeepLabV3+ that compute the same function faster on a GPU.
 
 - `fold_batchnorm`: every eval-mode BN folded into the conv before it (one pass instead of two).
+- `FusedConv`: conv + bias (+ residual) + ReLU in one cuDNN call on CUDA
+  (`torch.cudnn_convolution_relu` / `cudnn_convolution_add_relu`); after folding, PyTorch would
+  otherwise add the bias, the residual and the ReLU as three more passes over each activation.
 - `AtrousSeparable`: the ASPP's dilated depthwise 3x3 convs (2048 channels, dilation 12/24/36)
   run with cuDNN's slow grouped-direct kernel. A dilation-d conv equals a dilation-1 conv on the
   d x d phase sub-grids of the (zero-padded) input ("space to batch", as in the original atrous
@@ -18,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import DepthwiseSeparableConvModule
+from .heads import ConvModule, DepthwiseSeparableConvModule
 from .network import DeepLabV3Plus
+from .resnet import BasicBlock, Bottleneck
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -99,8 +103,64 @@ class AtrousSeparable(nn.Module):
         return batch_to_space(self.module(space_to_batch(x, self.dilation)), self.dilation, size)
 
 
-def optimize_for_inference(net: DeepLabV3Plus) -> DeepLabV3Plus:
-    """A copy with BN folded and the ASPP's atrous separable convs on sub-grids; eval only."""
+class FusedConv(nn.Module):
+    """A BN-folded conv with its bias, optional residual and optional ReLU applied in one call."""
+
+    def __init__(self, conv: nn.Conv2d, relu: bool):
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        args = (self.stride, self.padding, self.dilation, self.groups)
+        if x.is_cuda and self.relu and x.dtype != torch.bfloat16:
+            if residual is None:
+                return torch.cudnn_convolution_relu(x, self.weight, self.bias, *args)
+            return torch.cudnn_convolution_add_relu(x, self.weight, residual, 1.0, self.bias, *args)
+        y = F.conv2d(x, self.weight, self.bias, *args)
+        if residual is not None:
+            y = y + residual
+        return F.relu(y) if self.relu else y
+
+
+class FusedBlock(nn.Module):
+    """A folded BasicBlock/Bottleneck whose last conv adds the shortcut and applies ReLU."""
+
+    def __init__(self, block: BasicBlock | Bottleneck):
+        super().__init__()
+        names = ["conv1", "conv2"] + (["conv3"] if isinstance(block, Bottleneck) else [])
+        self.convs = nn.ModuleList(FusedConv(getattr(block, n), relu=True) for n in names)
+        self.downsample = FusedConv(block.downsample[0], relu=False) if block.downsample is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        for conv in self.convs[:-1]:
+            x = conv(x)
+        return self.convs[-1](x, residual=identity)
+
+
+def fuse_activations(module: nn.Module) -> nn.Module:
+    """Replace folded ConvModules, stems and residual blocks by `FusedConv`/`FusedBlock` (in place)."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, ConvModule):
+                setattr(parent, name, FusedConv(child.conv, relu=True))
+            elif isinstance(child, (BasicBlock, Bottleneck)):
+                setattr(parent, name, FusedBlock(child))
+    backbone = module.backbone
+    if backbone.deep_stem:
+        convs = [m for m in backbone.stem if isinstance(m, nn.Conv2d)]
+        backbone.stem = nn.Sequential(*(FusedConv(c, relu=True) for c in convs))
+    else:
+        backbone.conv1, backbone.relu = FusedConv(backbone.conv1, relu=True), nn.Identity()
+    return module
+
+
+def optimize_for_inference(net: DeepLabV3Plus, fuse: bool = True) -> DeepLabV3Plus:
+    """A copy with BN folded, the ASPP's atrous separable convs on sub-grids and (with `fuse`)
+    conv + bias + residual + ReLU fused; eval only."""
     fast = copy.deepcopy(net).eval()
     fast.auxiliary_head = None
     fold_batchnorm(fast)
@@ -108,4 +168,4 @@ def optimize_for_inference(net: DeepLabV3Plus) -> DeepLabV3Plus:
     for i, m in enumerate(aspp):
         if isinstance(m, DepthwiseSeparableConvModule) and m.depthwise_conv.conv.dilation[0] > 1:
             aspp[i] = AtrousSeparable(m)
-    return fast
+    return fuse_activations(fast) if fuse else fast

@@ -23,8 +23,11 @@ class DeepLabV3Plus(nn.Module):
         self.auxiliary_head = FCNHead(config.head, config.num_classes) if with_auxiliary else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.decode_head(self.backbone(x))
-        return resize(logits, x.shape[2:], self.config.head.align_corners)
+        return resize(self.decode(x), x.shape[2:], self.config.head.align_corners)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at 1/4 of the input's size, before the final bilinear resize."""
+        return self.decode_head(self.backbone(x))
 
     def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode and auxiliary logits, both at the input's size, for the two training losses."""
