@@ -146,7 +146,7 @@ def test_wheel_built_from_the_docker_context_carries_the_builtin_model(tmp_path)
     if not (context / weights).exists():
         (context / weights).parent.mkdir(parents=True, exist_ok=True)
         (context / weights).write_bytes(b"stand-in for the built-in weights")
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                            "-w", str(tmp_path / "wheels"), str(context)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = (tmp_path / "wheels").glob("*.whl")
