@@ -53,7 +53,7 @@ def parse_dockerfile() -> tuple[dict[str, str], dict[str, list[tuple[str, str]]]
         instr, _, rest = line.partition(" ")
         instr, rest = instr.upper(), rest.strip()
         if instr == "FROM":
-            parts = re.split(r"\s+as\s+", rest, flags=re.I)
+            parts = re.split(r"\s+as\s+", rest, flags=re.IGNORECASE)
             image, name = parts[0], parts[1]
             image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
             current = stages.setdefault(name, [("FROM", image)])
@@ -71,8 +71,14 @@ def parse_dockerfile() -> tuple[dict[str, str], dict[str, list[tuple[str, str]]]
 SUPPORTED = {"apiVersion", "kind", "resources", "namespace", "patches", "images", "replacements"}
 CLUSTER_SCOPED = {"Namespace"}
 # Strategic-merge keys of the list fields our patches touch (from the Kubernetes API's patchMergeKey).
-MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
-              "volumeMounts": "mountPath", "ports": "containerPort"}
+MERGE_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "ports": "containerPort",
+}
 
 
 def render_kustomization(directory: Path) -> list[dict]:
@@ -177,9 +183,14 @@ def rendered(overlay: str) -> list[dict]:
 # ---- PromQL ---------------------------------------------------------------------------------------
 
 # Grafana's and prometheus-adapter's template variables, replaced by something PromQL accepts.
-TEMPLATE_VARS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h",
-                 "<<.Series>>": "placeholder_series", "<<.LabelMatchers>>": 'namespace="x"',
-                 "<<.GroupBy>>": "pod"}
+TEMPLATE_VARS = {
+    "$__rate_interval": "1m",
+    "$__interval": "1m",
+    "$__range": "1h",
+    "<<.Series>>": "placeholder_series",
+    "<<.LabelMatchers>>": 'namespace="x"',
+    "<<.GroupBy>>": "pod",
+}
 
 
 def promql_selectors(expr: str) -> list[tuple[str, set[str]]]:
@@ -245,6 +256,7 @@ def service_metrics() -> dict[str, set[str]]:
     first (on a fresh ServiceMetrics; the values are irrelevant, the label names are what we read).
     """
     from prometheus_client.metrics import MetricWrapperBase
+
     from service.metrics import ServiceMetrics
 
     metrics = ServiceMetrics()

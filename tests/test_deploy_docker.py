@@ -118,11 +118,18 @@ def test_dockerignore_sends_sources_and_nothing_else():
     patterns = dockerignore_patterns()
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
     files = tracked.stdout.split()
-    needed = [f for f in files if f.split("/")[0] in {"model", "service", "export"} or f in
-              {"pyproject.toml", "README.md"}]
+    needed = [
+        f for f in files if f.split("/")[0] in {"model", "service", "export"} or f in {"pyproject.toml", "README.md"}
+    ]
     assert needed and not [f for f in needed if docker_ignores(f, patterns)]
-    for unwanted in (".git/HEAD", ".venv/bin/python", "tests/test_deploy_docker.py", "deploy/README.md",
-                     "model/__pycache__/configs.cpython-311.pyc", "export/out/model.engine"):
+    for unwanted in (
+        ".git/HEAD",
+        ".venv/bin/python",
+        "tests/test_deploy_docker.py",
+        "deploy/README.md",
+        "model/__pycache__/configs.cpython-311.pyc",
+        "export/out/model.engine",
+    ):
         assert docker_ignores(unwanted, patterns), f"{unwanted} would be sent to the build"
 
 
@@ -134,8 +141,13 @@ def test_wheel_built_from_the_docker_context_carries_the_builtin_model(tmp_path)
     from model.checkpoint import DEFAULT_WEIGHTS
 
     patterns = dockerignore_patterns()
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     context = tmp_path / "context"
     for rel in listed:
         if (ROOT / rel).is_file() and not docker_ignores(rel, patterns):
@@ -146,8 +158,11 @@ def test_wheel_built_from_the_docker_context_carries_the_builtin_model(tmp_path)
     if not (context / weights).exists():
         (context / weights).parent.mkdir(parents=True, exist_ok=True)
         (context / weights).write_bytes(b"stand-in for the built-in weights")
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                           "-w", str(tmp_path / "wheels"), str(context)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "wheels"), str(context)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = (tmp_path / "wheels").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -87,9 +87,13 @@ def test_renderer_matches_kubectl_kustomize(overlay):
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed")
-    out = subprocess.run([kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True,
-                         text=True, check=True).stdout
-    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    out = subprocess.run(
+        [kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, check=True
+    ).stdout
+
+    def key(doc):
+        return doc["kind"], doc["metadata"]["name"]
+
     real = sorted((d for d in yaml.safe_load_all(out) if d), key=key)
     ours = sorted(rendered(overlay), key=key)
     assert [canonical(d) for d in ours] == [canonical(d) for d in real]
@@ -136,7 +140,10 @@ def test_probes_ports_and_drain_agree_with_the_service(overlay):
     port = int(env.get("DEEPLAB_PORT", Settings.model_fields["port"].default))
     probes = {name: container[name] for name in ("startupProbe", "readinessProbe", "livenessProbe")}
     assert {n: p["httpGet"]["path"] for n, p in probes.items()} == {
-        "startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+        "startupProbe": "/readyz",
+        "readinessProbe": "/readyz",
+        "livenessProbe": "/healthz",
+    }
     for probe in probes.values():
         assert probe["httpGet"]["path"] in service_get_paths()
         assert named_port(container, probe["httpGet"]["port"]) == port
@@ -166,8 +173,9 @@ def test_restricted_security_context(overlay):
         ctx = container["securityContext"]
         assert ctx["allowPrivilegeEscalation"] is False and ctx["readOnlyRootFilesystem"] is True
         assert ctx["capabilities"] == {"drop": ["ALL"]}
-    writable = {m["mountPath"] for m in server(overlay)["volumeMounts"]
-                if m["name"] in emptydirs and not m.get("readOnly")}
+    writable = {
+        m["mountPath"] for m in server(overlay)["volumeMounts"] if m["name"] in emptydirs and not m.get("readOnly")
+    }
     assert {"/tmp", cache_dir} <= writable
 
 
