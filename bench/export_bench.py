@@ -91,6 +91,7 @@ def main() -> None:
         "input_hw": [h, w],
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "cpu_count": os.cpu_count(),
+        "load_avg_1m_after": round(os.getloadavg()[0], 2),  # other work on the box skews CPU numbers
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,

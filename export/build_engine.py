@@ -6,8 +6,8 @@
         [--workspace-gb G] [--timing-cache FILE] [--opt-level 0-5] [--verify IMAGES...]
 
 A checkpoint or name is first exported to ONNX with the argmax folded in (`model.onnx` beside the
-engine), so the engine returns int32 labels. Without a shape option the profile covers the two
-shapes the server batches in for this config (landscape and portrait test-scale buckets). Where
+engine), so the engine returns int32 labels. Without a shape option the profile covers every shape the server
+batches in for this config (its landscape and portrait buckets, down to the smallest padding step). Where
 `tensorrt` cannot be imported, the sidecar is still written and the equivalent `trtexec` command
 is printed, so the engine can be built on a machine that only has TensorRT's command-line tools.
 `--verify` runs the engine and ONNX Runtime on the given images (resized to the profile's opt
@@ -99,8 +99,10 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def resolve_profile(args: argparse.Namespace, config, dims: list[int | None]) -> ShapeProfile:
-    """CLI values, else the graph's static dims, else defaults: batch 1/8/16 and the server's two
-    test-scale buckets (short x long and long x short) as the size range."""
+    """CLI values, else the graph's static dims, else defaults: batch 1/8/16 and every size the
+    server can batch for this config. It pads resized images up to multiples of 1/8 of the test
+    scale's long side, never past the landscape or portrait box, so its buckets run from that
+    step up to long x long; opt is the full landscape bucket, where most images land."""
     batches = [args.min_batch, args.opt_batch, args.max_batch]
     if dims[0] is not None:
         batches = [b or dims[0] for b in batches]
@@ -113,7 +115,8 @@ def resolve_profile(args: argparse.Namespace, config, dims: list[int | None]) ->
         hws = [(dims[2], dims[3])] * 3
     else:
         short, long_ = min(config.test_scale), max(config.test_scale)
-        hws = [(short, short), (short, long_), (long_, long_)]
+        step = max(8, long_ // 64 * 8)  # <= the server's bucket step, 8 * ceil(long / 64)
+        hws = [(step, step), (short, long_), (long_, long_)]
     profile = ShapeProfile(*batches, *hws)
     check_profile_fits(profile, dims)
     return profile

@@ -75,8 +75,9 @@ def export_onnx(
     with_argmax: bool = False,
     trace_hw: tuple[int, int] | None = None,
 ) -> ExportMetadata:
-    """Write `net` (eval, CPU) to `out`. `batch`/`shape` None make those axes dynamic; `trace_hw`
-    is the example size used for tracing a dynamic-size graph (default: `sample_hw`)."""
+    """Write `net` to `out` (moving it to CPU fp32 eval in place: the exporter traces on CPU).
+    `batch`/`shape` None make those axes dynamic; `trace_hw` is the example size used for tracing
+    a dynamic-size graph (default: `sample_hw`)."""
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} < {MIN_OPSET}: the dynamo exporter emits opset {MIN_OPSET} and newer only")
     net = net.to("cpu").float().eval()

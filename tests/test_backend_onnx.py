@@ -1,17 +1,20 @@
-"""Service backends for exported models: ONNX Runtime (CPU here) and TensorRT (load paths only)."""
+"""Service backends for exported models: ONNX Runtime (CPU here) and TensorRT (load paths only),
+and the service itself serving an exported model next to the same weights on the torch backend."""
 
 from __future__ import annotations
 
 import importlib.util
 
+import httpx
 import numpy as np
 import pytest
 import torch
 from conftest import randomize
+from test_service import labels_of, post, running_server
 
 from export.onnx import export_onnx
 from export.tensorrt_build import TensorRTUnavailable
-from model import DEFAULT_MODEL, build_model, get_config
+from model import DEFAULT_MODEL, build_model, get_config, save_checkpoint
 from model.preprocess import load_image, normalize
 from service.backends import create_backend, resolve_backend_name
 from service.backends.onnxruntime import OnnxRuntimeBackend
@@ -50,6 +53,22 @@ def test_onnxruntime_backend_matches_torch_backend_on_camvid(r18, default_onnx, 
     assert labels.dtype == np.uint8 and labels.shape == (2, 360, 480)
     np.testing.assert_array_equal(labels, torch_backend.infer(batch))
     assert ort_backend.describe()["providers"] == ["CPUExecutionProvider"]
+
+
+def test_service_answers_with_the_same_png_as_the_torch_backend(r18, default_onnx, camvid_dir, tmp_path):
+    """`python -m export.onnx --out m.onnx` then `python -m service --model m.onnx`, in one test."""
+    image = sorted((camvid_dir / "images" / "val").glob("*.jpg"))[0].read_bytes()
+    checkpoint = save_checkpoint(r18, tmp_path / "r18.pth")
+    served = {}
+    for model in (checkpoint, default_onnx):
+        with running_server(None, model=str(model)) as url:
+            response = post(url, image, content_type="image/jpeg")
+            assert response.status_code == 200, response.text
+            served[httpx.get(url + "/v1/models").json()["backend"]] = response
+    assert set(served) == {"torch", "onnxruntime"}
+    assert served["onnxruntime"].content == served["torch"].content
+    assert labels_of(served["torch"]).shape == (360, 480)
+    assert len(np.unique(labels_of(served["torch"]))) > 1  # the comparison means something
 
 
 def test_fixed_batch_labels_graph_is_run_in_padded_chunks(r18, tmp_path):

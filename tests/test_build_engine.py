@@ -20,6 +20,7 @@ from export.metadata import MetadataError, read_onnx, read_sidecar
 from export.profile import ShapeProfile, parse_hw
 from export.tensorrt_build import onnx_input, trtexec_command
 from model import DEFAULT_MODEL, build_model, get_config, save_checkpoint
+from service.buckets import InputPolicy
 
 REPO = Path(__file__).resolve().parent.parent
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -94,10 +95,15 @@ def _args(**overrides) -> argparse.Namespace:
     return argparse.Namespace(**base | overrides)
 
 
-def test_default_profile_covers_both_server_buckets():
-    profile = resolve_profile(_args(), CAMVID, [None, 3, None, None])
-    assert profile == ShapeProfile(1, 8, 16, (360, 360), (360, 480), (480, 480))
-    assert profile.accepts_hw((360, 480)) and profile.accepts_hw((480, 360))
+@pytest.mark.parametrize("name", [DEFAULT_MODEL, "deeplabv3plus_r50-d8_4xb2-40k_cityscapes-512x1024"])
+def test_default_profile_covers_every_server_bucket(name):
+    cfg = get_config(name)
+    profile = resolve_profile(_args(), cfg, [None, 3, None, None])
+    short, long_ = min(cfg.test_scale), max(cfg.test_scale)
+    assert (profile.min_batch, profile.opt_batch, profile.max_batch) == (1, 8, 16)
+    assert profile.opt_hw == (short, long_) and profile.max_hw == (long_, long_)
+    buckets = InputPolicy.for_config(cfg).all_buckets()
+    assert len(buckets) > 2 and all(profile.accepts_hw((h, w)) for w, h in buckets)
 
 
 def test_profile_follows_static_dims_and_rejects_conflicts():
