@@ -167,6 +167,7 @@ async def segment(
     started = time.perf_counter()
     if not runtime.lifecycle.ready:
         raise NotReady(f"service is {runtime.lifecycle.state}")
+    runtime.batcher.check_capacity()  # shed load before reading and decoding the upload
     runtime.lifecycle.active += 1
     try:
         data = await read_image(request, runtime.settings.max_upload_bytes)

@@ -86,10 +86,15 @@ class Batcher:
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    async def submit(self, key: Hashable, item: Any) -> Outcome:
-        """Queue ``item`` in batch group ``key`` and wait for its result."""
+    def check_capacity(self) -> None:
+        """Raise ``QueueFull`` if a new item would be refused: callers can shed load before
+        doing any work for a request."""
         if self._depth >= self.capacity:
             raise QueueFull(f"queue is full ({self.capacity} images waiting); retry shortly")
+
+    async def submit(self, key: Hashable, item: Any) -> Outcome:
+        """Queue ``item`` in batch group ``key`` and wait for its result."""
+        self.check_capacity()
         loop = asyncio.get_running_loop()
         entry = _Entry(key, item, time.perf_counter(), loop.create_future())
         self._queues.setdefault(key, deque()).append(entry)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -72,13 +74,25 @@ def test_refusals(data, error):
         codec.decode(data, 599)
 
 
-def test_pixel_limit_is_checked_before_decoding():
-    """A header claiming 30000x30000 must be refused without decompressing 2.7 GB."""
-    img = Image.new("L", (30000, 30000))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=9)  # a few hundred KB: the classic bomb
-    with pytest.raises(ImageTooLarge):
-        codec.probe(buf.getvalue(), 40_000_000)
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny valid PNG whose header claims ``width x height`` (CRC fixed up): a bomb's header."""
+    data = bytearray(encoded(np.zeros((8, 8, 3), np.uint8), "PNG"))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_pixel_limits_are_checked_from_the_header_before_decoding():
+    with pytest.raises(ImageTooLarge, match="limit is 40000000"):
+        codec.decode(png_claiming(8000, 8000), 40_000_000)  # ours: 64 Mpx > 40 Mpx
+    with pytest.raises(ImageTooLarge, match="decompression bomb"):
+        codec.decode(png_claiming(100_000, 100_000), 10**12)  # PIL's own guard still applies
+    assert codec.probe(png_claiming(6000, 6000), 40_000_000) == ("PNG", 6000, 6000)
+
+
+def test_zero_width_header_is_corrupt():
+    with pytest.raises(CorruptImage):
+        codec.decode(png_claiming(0, 10), 10_000)
 
 
 def test_label_png_round_trips_with_palette():

@@ -7,8 +7,6 @@ import copy
 import io
 import json
 import socket
-import struct
-import zlib
 
 import httpx
 import numpy as np
@@ -17,6 +15,7 @@ from PIL import Image
 
 from model import Segmenter
 from service.backends.pytorch import TorchBackend
+from test_codec import png_claiming
 from test_service import image_bytes, labels_of, post, running_server, scene, small_net
 
 MAX_BYTES = 200_000
@@ -32,14 +31,6 @@ def net():
 def server(net):
     with running_server(TorchBackend(net=copy.deepcopy(net)), max_upload_bytes=MAX_BYTES, max_image_pixels=MAX_PIXELS) as url:
         yield url
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny valid PNG whose header claims ``width x height`` (CRC fixed up)."""
-    data = bytearray(image_bytes(np.zeros((8, 8, 3), np.uint8)))
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
 
 
 def animated(fmt: str, frames: list[np.ndarray]) -> bytes:

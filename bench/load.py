@@ -1,0 +1,238 @@
+"""End-to-end load test: concurrent clients post real images to a running service.
+
+For each concurrency level (closed loop: every client sends its next image as soon as the last
+answer arrives) or request rate (open loop: Poisson arrivals, whatever the latency), it runs for a
+fixed time and reports throughput, p50/p90/p99 latency, errors by status, and the mean batch size
+the server formed (from its /metrics). With ``--model-bench`` it also prints the end-to-end
+throughput as a fraction of the backend alone (``bench.model_bench``) at the nearest batch size.
+
+    python -m service &                       # or let --serve start one
+    python -m bench.load --concurrency 1 4 16 --duration 20
+    python -m bench.load --serve "--device cuda --precision fp16 --max-batch-size 16" \\
+        --concurrency 1 8 32 64 --processes 4 --model-bench bench/results/model_bench_....json
+
+Clients use httpx (asyncio), spread over ``--processes`` worker processes so the load generator
+is not the bottleneck. Prints a table and writes JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import multiprocessing
+import os
+import random
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.model_bench import CAMVID_VAL, RESULTS, hardware, slug
+
+
+def load_images(folder: Path, limit: int) -> list[bytes]:
+    files = sorted(folder.glob("*.jpg"))[:limit] if folder.is_dir() else []
+    if not files:
+        raise SystemExit(f"no .jpg images in {folder} (pass --images DIR)")
+    return [f.read_bytes() for f in files]
+
+
+async def _client_loop(client, url, images, stop_at, records, offset, step, fmt):
+    i = offset
+    while time.monotonic() < stop_at:
+        await _one(client, url, images[i % len(images)], records, fmt)
+        i += step
+
+
+async def _one(client, url, data, records, fmt):
+    start = time.monotonic()
+    try:
+        r = await client.post(f"{url}/segment", params={"format": fmt}, content=data, headers={"content-type": "image/jpeg"})
+        code, batch = r.status_code, int(r.headers.get("x-batch-size", 0))
+    except httpx.HTTPError as exc:
+        code, batch = type(exc).__name__, 0
+    records.append((start, time.monotonic() - start, code, batch))
+
+
+async def _drive(url, images, concurrency, rate, duration, fmt, seed):
+    records: list = []
+    stop_at = time.monotonic() + duration
+    limits = httpx.Limits(max_connections=max(concurrency, 1) if not rate else 1000)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        if rate:  # open loop: Poisson arrivals at `rate` per second from this process
+            rng, tasks = random.Random(seed), []
+            while time.monotonic() < stop_at:
+                tasks.append(asyncio.ensure_future(_one(client, url, images[len(tasks) % len(images)], records, fmt)))
+                await asyncio.sleep(rng.expovariate(rate))
+            await asyncio.gather(*tasks)
+        else:
+            await asyncio.gather(*(_client_loop(client, url, images, stop_at, records, seed + k, concurrency, fmt) for k in range(concurrency)))
+    return records
+
+
+def _worker(job: tuple) -> list:
+    return asyncio.run(_drive(*job))
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The un-labelled and summed samples we need from /metrics."""
+    wanted = ("deeplab_batch_size_sum", "deeplab_batch_size_count", "deeplab_queue_wait_seconds_sum",
+              "deeplab_queue_wait_seconds_count", "deeplab_inference_duration_seconds_sum", "deeplab_images_total")
+    out = dict.fromkeys(wanted, 0.0)
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        name = line.split("{")[0].split(" ")[0]
+        if name in out:
+            out[name] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def run_level(url, images, concurrency, rate, duration, warmup, processes, fmt) -> dict:
+    procs = max(1, min(processes, concurrency if not rate else processes))
+    jobs = []
+    for p in range(procs):
+        share = concurrency // procs + (p < concurrency % procs) if not rate else 0
+        jobs.append((url, images, share, rate / procs if rate else 0, warmup + duration, fmt, p))
+    before = scrape(url)
+    begin = time.monotonic()
+    if procs == 1:
+        parts = [_worker(jobs[0])]
+    else:
+        with multiprocessing.get_context("spawn").Pool(procs) as pool:
+            parts = pool.map(_worker, jobs)
+    after = scrape(url)
+    records = [r for part in parts for r in part]
+    t0 = min(r[0] for r in records)
+    window = [r for r in records if r[0] >= t0 + warmup]
+    ok = [r for r in window if r[2] == 200]
+    lat = sorted(r[1] * 1e3 for r in ok)
+    span = max(r[0] + r[1] for r in window) - min(r[0] for r in window) if window else 1.0
+    errors: dict[str, int] = {}
+    for r in window:
+        if r[2] != 200:
+            errors[str(r[2])] = errors.get(str(r[2]), 0) + 1
+    delta = {k: after[k] - before[k] for k in after}
+    pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None  # noqa: E731
+    return {
+        "concurrency": concurrency if not rate else None,
+        "rate_rps": rate or None,
+        "duration_s": round(span, 2),
+        "requests": len(window),
+        "ok": len(ok),
+        "errors": errors,
+        "throughput_rps": round(len(ok) / span, 2),
+        "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "mean": round(statistics.fmean(lat), 2) if lat else None},
+        "mean_batch_size": round(delta["deeplab_batch_size_sum"] / delta["deeplab_batch_size_count"], 2) if delta["deeplab_batch_size_count"] else None,
+        "server_mean_queue_wait_ms": round(1e3 * delta["deeplab_queue_wait_seconds_sum"] / max(delta["deeplab_queue_wait_seconds_count"], 1), 2),
+        "server_busy_fraction": round(delta["deeplab_inference_duration_seconds_sum"] / (time.monotonic() - begin), 3),
+    }
+
+
+def model_only_fraction(row: dict, model_bench: dict) -> dict | None:
+    """End-to-end throughput over the backend-alone throughput at the nearest measured batch size."""
+    if not row["mean_batch_size"]:
+        return None
+    ref = min(model_bench["rows"], key=lambda r: abs(r["batch_size"] - row["mean_batch_size"]))
+    return {"batch_size": ref["batch_size"], "model_only_images_per_s": ref["images_per_s"], "fraction": round(row["throughput_rps"] / ref["images_per_s"], 3)}
+
+
+def start_server(extra: str) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(Path(tempfile.gettempdir()) / f"deeplab_load_server_{port}.log", "w")  # noqa: SIM115 (lives as long as the server)
+    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *shlex.split(extra)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}; see {log.name}")
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("server did not become ready in 15 minutes")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap.add_argument("--serve", metavar="ARGS", help="start `python -m service ARGS` on a free port for the run")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--rate", type=float, nargs="+", help="open-loop requests/s levels instead of --concurrency")
+    ap.add_argument("--duration", type=float, default=20.0, help="measured seconds per level")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds per level not counted")
+    ap.add_argument("--processes", type=int, default=1, help="client processes")
+    ap.add_argument("--images", type=Path, default=CAMVID_VAL)
+    ap.add_argument("--max-images", type=int, default=64)
+    ap.add_argument("--format", default="png", choices=["png", "json", "overlay"])
+    ap.add_argument("--model-bench", type=Path, help="bench.model_bench JSON of the same backend, for the fraction")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+
+    images = load_images(args.images, args.max_images)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    proc, url = start_server(args.serve) if args.serve else (None, args.url)
+    try:
+        served = httpx.get(f"{url}/v1/models", timeout=30).json()
+        model_bench = json.loads(args.model_bench.read_text()) if args.model_bench else None
+        levels = [(0, r) for r in args.rate] if args.rate else [(c, 0.0) for c in args.concurrency]
+        rows = []
+        for concurrency, rate in levels:
+            row = run_level(url, images, concurrency, rate, args.duration, args.warmup, args.processes, args.format)
+            if model_bench:
+                row["vs_model_only"] = model_only_fraction(row, model_bench)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+
+    hw = hardware(served["device"]) if served["device"].startswith("cuda") or url.startswith("http://127.0.0.1") else "remote"
+    result = {
+        "benchmark": "load",
+        "hardware": hw,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": served["config"],
+        "backend": served["backend"],
+        "device": served["device"],
+        "precision": served["precision"],
+        "batching": served["batching"],
+        "images": f"{len(images)} JPEGs from {args.images}",
+        "format": args.format,
+        "client_processes": args.processes,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "rows": rows,
+    }
+    print(f"\n{hw}: {served['config']} via HTTP, {served['backend']} {served['precision']} on {served['device']}, "
+          f"max batch {served['batching']['max_batch_size']}, delay {served['batching']['max_queue_delay_ms']} ms")
+    print("| load | req/s | p50 ms | p90 ms | p99 ms | mean batch | errors | vs model-only |")
+    print("|---|--:|--:|--:|--:|--:|---|--:|")
+    for r in rows:
+        load = f"{r['concurrency']} clients" if r["concurrency"] else f"{r['rate_rps']} req/s offered"
+        frac = r.get("vs_model_only")
+        frac_text = f"{frac['fraction']:.2f} (b={frac['batch_size']})" if frac else "-"
+        lat = r["latency_ms"]
+        print(f"| {load} | {r['throughput_rps']:.2f} | {lat['p50']} | {lat['p90']} | {lat['p99']} | {r['mean_batch_size']} | {r['errors'] or '-'} | {frac_text} |")
+    name = slug(hw if served["device"].startswith("cuda") else "cpu")
+    out = args.out or RESULTS / f"load_{name}_{served['backend']}_{served['precision']}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
