@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import signal
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from deploy_support import (
@@ -188,3 +194,67 @@ def test_dashboard_queries_use_the_service_metrics():
     for q in ("0.5", "0.9", "0.99"):
         assert f"histogram_quantile({q}, sum by (le) (rate(deeplab_request_duration_seconds_bucket" in exprs
     assert re.search(r"sum by \(code\) \(rate\(deeplab_requests_total\{code!~", exprs)
+
+
+def exposed_names(exposition: str) -> set[str]:
+    """Series names a /metrics page offers, including those of families with no sample yet."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
+    names = set()
+    for family in text_string_to_metric_families(exposition):
+        names |= {s.name for s in family.samples} | {family.name + s for s in suffixes.get(family.type, [])}
+    return names
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cpu_compose_settings_boot_a_server_prometheus_can_scrape(tmp_path):
+    """The real server with the CPU variant's environment: ready on /readyz, healthy by the image's
+    HEALTHCHECK, every series the dashboard and the HPA's adapter rule read on /metrics, exit 0 on
+    SIGTERM."""
+    import httpx
+    from PIL import Image
+
+    port = free_port()
+    env = {k: str(v) for k, v in VARIANTS["cpu"]["services"]["deeplab"]["environment"].items() if v is not None}
+    env |= {"DEEPLAB_PORT": str(port), "DEEPLAB_HOST": "127.0.0.1", "PATH": os.environ["PATH"]}
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "not ready within 120 s"
+            time.sleep(0.5)
+        _, stages = parse_dockerfile()
+        (healthcheck,) = [rest for i, rest in stages["cpu"] if i == "HEALTHCHECK"]
+        check = json.loads(healthcheck.split(" CMD ", 1)[1])
+        assert subprocess.run([sys.executable, *check[1:]], env=env, timeout=10).returncode == 0
+        image = tmp_path / "street.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(image)
+        response = httpx.post(f"{base}/segment", files={"image": image.read_bytes()}, timeout=60)
+        assert response.status_code == 200, response.text
+        (job,) = yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]
+        exposed = exposed_names(httpx.get(base + job["metrics_path"], timeout=10).text)
+        adapter = yaml.safe_load((ROOT / "deploy/k8s/prometheus-adapter/values.yaml").read_text())
+        queries = dashboard_queries() + [rule["seriesQuery"] for rule in adapter["rules"]["custom"]]
+        missing = {name for q in queries for name, _ in promql_selectors(q)} - exposed
+        assert not missing, f"not on /metrics: {sorted(missing)}"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=float(env["DEEPLAB_DRAIN_TIMEOUT_S"]) + 10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
