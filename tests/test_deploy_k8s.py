@@ -76,7 +76,7 @@ def canonical(value):
         return {k: canonical(v) for k, v in value.items()}
     if isinstance(value, list):
         items = [canonical(v) for v in value]
-        keys = [k for k in sorted(set(MERGE_KEYS.values())) if items and all(isinstance(i, dict) and k in i for i in items)]
+        keys = [k for k in sorted(set(MERGE_KEYS.values())) if all(isinstance(i, dict) and k in i for i in items)]
         return sorted(items, key=lambda i: str(i[keys[0]])) if keys else items
     return value
 
