@@ -81,7 +81,7 @@ def main() -> None:
             rows.append({"engine": engine, "batch": batch, "img_s": _img_s(forward, batch, args.iters, args.warmup, device)})
         feed = {session.get_inputs()[0].name: x.numpy()}
         cpu = torch.device("cpu")  # session.run returns host arrays: nothing left to synchronise
-        ort_s = _img_s(lambda: session.run(None, feed), batch, args.iters, args.warmup, cpu)
+        ort_s = _img_s(lambda feed=feed: session.run(None, feed), batch, args.iters, args.warmup, cpu)
         rows.append({"engine": f"onnxruntime ({session.get_providers()[0]})", "batch": batch, "img_s": ort_s})
 
     import onnxruntime

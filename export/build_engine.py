@@ -28,12 +28,16 @@ import argparse
 import hashlib
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from export.check import check_export, pixel_agreement, sample_batch
 from export.metadata import LABELS, ExportMetadata, read_onnx, write_sidecar
 from export.onnx import export_onnx
+from export.ort_session import create_session, labels_of
 from export.profile import ShapeProfile, hw_arg
 from export.tensorrt_build import (
     EngineBuildError,
@@ -44,6 +48,9 @@ from export.tensorrt_build import (
     onnx_input,
     trtexec_command,
 )
+from export.tensorrt_runtime import EngineRunner
+from model import CheckpointError, load_model
+from model.preprocess import load_image, normalize, resize_image
 
 MIN_TRT_AGREEMENT = 0.995
 EXIT_NO_TENSORRT = 3
@@ -126,8 +133,6 @@ def prepare_onnx(args: argparse.Namespace) -> tuple[Path, ExportMetadata]:
     """The ONNX file to build from: the given one, or a fresh checked export with argmax."""
     if args.model and args.model.endswith(".onnx"):
         return Path(args.model), read_onnx(args.model)
-    from model import load_model
-
     net = load_model(args.model)
     onnx_path = args.out.with_suffix(".onnx")
     meta = export_onnx(net, onnx_path, with_argmax=True, shape=args.shape)
@@ -139,13 +144,6 @@ def prepare_onnx(args: argparse.Namespace) -> tuple[Path, ExportMetadata]:
 
 def verify(engine_path: Path, onnx_path: Path, images: list[Path], profile: ShapeProfile) -> float:
     """Pixel agreement of the engine's labels with ONNX Runtime's (fp32, CPU) on `images`."""
-    import numpy as np
-    import torch
-
-    from export.ort_session import create_session, labels_of
-    from export.tensorrt_runtime import EngineRunner
-    from model.preprocess import load_image, normalize, resize_image
-
     runner = EngineRunner(engine_path)
     h, w = profile.opt_hw
     pixels = torch.from_numpy(np.stack([resize_image(load_image(p), (w, h)) for p in images]))
@@ -160,8 +158,6 @@ def verify(engine_path: Path, onnx_path: Path, images: list[Path], profile: Shap
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     validate(args)
-    from model import CheckpointError
-
     try:
         onnx_path, meta = prepare_onnx(args)
         input_name, dims = onnx_input(onnx_path)
@@ -169,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    build = dict(
-        fp16=args.fp16, workspace_gb=args.workspace_gb, timing_cache=args.timing_cache, opt_level=args.opt_level
-    )
+    build = {
+        "fp16": args.fp16, "workspace_gb": args.workspace_gb, "timing_cache": args.timing_cache, "opt_level": args.opt_level
+    }
     facts = {
         "profile": profile.to_json(),
         "input": input_name,
@@ -196,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(engine)
-    built_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    built_at = datetime.now(UTC).isoformat(timespec="seconds")
     write_sidecar(args.out, meta, **facts, tensorrt_version=version, built_with="tensorrt-python", built_at=built_at)
     print(f"built {args.out} ({len(engine) / 1e6:.1f} MB, TensorRT {version}) in {time.perf_counter() - start:.0f}s")
     if args.verify:

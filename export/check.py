@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.preprocess import normalize
+
 from .metadata import LABELS, read_onnx
 from .ort_session import create_session
 
@@ -47,8 +49,6 @@ def pixel_agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 def sample_batch(config, batch: int, hw: tuple[int, int], seed: int = 0) -> torch.Tensor:
     """Seeded random RGB images normalised like real ones, so inputs match the trained range."""
-    from model.preprocess import normalize
-
     gen = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (batch, *hw, 3), generator=gen, dtype=torch.uint8)
     return normalize(pixels, config)

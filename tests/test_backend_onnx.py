@@ -57,7 +57,7 @@ def test_onnxruntime_backend_matches_torch_backend_on_camvid(r18, default_onnx, 
 
 def test_service_answers_with_the_same_png_as_the_torch_backend(r18, default_onnx, camvid_dir, tmp_path):
     """`python -m export.onnx --out m.onnx` then `python -m service --model m.onnx`, in one test."""
-    image = sorted((camvid_dir / "images" / "val").glob("*.jpg"))[0].read_bytes()
+    image = min((camvid_dir / "images" / "val").glob("*.jpg")).read_bytes()
     checkpoint = save_checkpoint(r18, tmp_path / "r18.pth")
     served = {}
     for model in (checkpoint, default_onnx):

@@ -42,7 +42,7 @@ def script_run(checkpoint, tmp_path_factory):
     engine = work / "r18.engine"
     argv = ["--model", str(checkpoint), "--out", str(engine), "--shape", "64x96", "--timing-cache", "t.cache"]
     proc = subprocess.run(
-        [sys.executable, str(REPO / "export" / "build_engine.py"), *argv], cwd=work, capture_output=True, text=True
+        [sys.executable, str(REPO / "export" / "build_engine.py"), *argv], cwd=work, capture_output=True, text=True, check=False
     )
     return proc, engine
 
@@ -91,7 +91,7 @@ def test_trtexec_command_for_a_size_range():
 
 
 def _args(**overrides) -> argparse.Namespace:
-    base = dict(min_batch=None, opt_batch=None, max_batch=None, shape=None, min_shape=None, opt_shape=None, max_shape=None)
+    base = {"min_batch": None, "opt_batch": None, "max_batch": None, "shape": None, "min_shape": None, "opt_shape": None, "max_shape": None}
     return argparse.Namespace(**base | overrides)
 
 
@@ -117,14 +117,14 @@ def test_profile_follows_static_dims_and_rejects_conflicts():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(min_batch=0), "min batch must be >= 1"),
-        (dict(min_batch=4, opt_batch=2), "min <= opt <= max"),
-        (dict(min_hw=(64, 96), opt_hw=(32, 96)), "heights must satisfy"),
-        (dict(max_hw=(64, 90)), "widths must satisfy"),
+        ({"min_batch": 0}, "min batch must be >= 1"),
+        ({"min_batch": 4, "opt_batch": 2}, "min <= opt <= max"),
+        ({"min_hw": (64, 96), "opt_hw": (32, 96)}, "heights must satisfy"),
+        ({"max_hw": (64, 90)}, "widths must satisfy"),
     ],
 )
 def test_profile_rejects_bad_ranges(kwargs, message):
-    values = dict(min_batch=1, opt_batch=2, max_batch=4, min_hw=(64, 96), opt_hw=(64, 96), max_hw=(64, 96))
+    values = {"min_batch": 1, "opt_batch": 2, "max_batch": 4, "min_hw": (64, 96), "opt_hw": (64, 96), "max_hw": (64, 96)}
     with pytest.raises(ValueError, match=message):
         ShapeProfile(**values | kwargs)
 
