@@ -6,8 +6,10 @@ The TensorRT build itself needs `tensorrt` and a GPU; those tests skip here with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -36,35 +38,34 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def script_run(checkpoint, tmp_path_factory):
-    """`python export/build_engine.py` from a checkpoint, run as a script from another directory."""
+def from_checkpoint(checkpoint, tmp_path_factory):
+    """build_engine from a checkpoint: (exit code, stdout, stderr, engine path, timing cache path)."""
     work = tmp_path_factory.mktemp("engine")
-    engine = work / "r18.engine"
-    argv = ["--model", str(checkpoint), "--out", str(engine), "--shape", "64x96", "--timing-cache", "t.cache"]
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "export" / "build_engine.py"), *argv], cwd=work, capture_output=True, text=True, check=False
-    )
-    return proc, engine
+    engine, cache = work / "r18.engine", work / "t.cache"
+    argv = ["--model", str(checkpoint), "--out", str(engine), "--shape", "64x96", "--timing-cache", str(cache)]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue(), engine, cache
 
 
 @pytest.fixture(scope="module")
-def labels_onnx(script_run) -> Path:
-    proc, engine = script_run
-    assert engine.with_suffix(".onnx").is_file(), proc.stderr
+def labels_onnx(from_checkpoint) -> Path:
+    *_, engine, _ = from_checkpoint
+    assert engine.with_suffix(".onnx").is_file(), from_checkpoint
     return engine.with_suffix(".onnx")
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed: the fallback path does not run")
-def test_without_tensorrt_prints_trtexec_command_and_writes_sidecar(script_run, labels_onnx):
-    proc, engine = script_run
-    assert proc.returncode == 3, proc.stderr
-    assert "TensorRT Python bindings (`tensorrt`, version 10) are not installed" in proc.stderr
-    assert "onnx check: batch 2 at 64x96" in proc.stdout
-    command = proc.stdout.strip().splitlines()[-1]
-    assert command == (
+def test_without_tensorrt_prints_trtexec_command_and_writes_sidecar(from_checkpoint, labels_onnx):
+    code, out, err, engine, cache = from_checkpoint
+    assert code == 3, err
+    assert "TensorRT Python bindings (`tensorrt`, version 10) are not installed" in err
+    assert "onnx check: batch 2 at 64x96" in out
+    assert out.strip().splitlines()[-1] == (
         f"trtexec --onnx={labels_onnx} --saveEngine={engine} --minShapes=input:1x3x64x96 "
         "--optShapes=input:8x3x64x96 --maxShapes=input:16x3x64x96 --fp16 --memPoolSize=workspace:4096M "
-        "--builderOptimizationLevel=3 --timingCacheFile=t.cache"
+        f"--builderOptimizationLevel=3 --timingCacheFile={cache}"
     )
     assert not engine.exists()
     meta, build = read_sidecar(engine)
@@ -72,6 +73,17 @@ def test_without_tensorrt_prints_trtexec_command_and_writes_sidecar(script_run, 
     assert ShapeProfile.from_json(build["profile"]) == ShapeProfile(1, 8, 16, (64, 96), (64, 96), (64, 96))
     assert build["precision"] == "fp16" and build["tensorrt_version"] is None
     assert build["onnx_sha256"] == hashlib.sha256(labels_onnx.read_bytes()).hexdigest()
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed: the fallback path does not run")
+def test_runs_as_a_script_from_any_directory(labels_onnx, tmp_path):
+    """`python export/build_engine.py` must import the `onnx` package, not export/onnx.py."""
+    script = REPO / "export" / "build_engine.py"
+    argv = [sys.executable, str(script), "--model", str(labels_onnx), "--out", "m.plan", "--fp32"]
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.startswith(f"trtexec --onnx={labels_onnx} --saveEngine=m.plan ")
+    assert "--fp16" not in proc.stdout and (tmp_path / "m.plan.json").is_file()
 
 
 def test_exported_onnx_is_fixed_size_labels_graph(labels_onnx):
