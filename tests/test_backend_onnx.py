@@ -107,3 +107,19 @@ def test_tensorrt_backend_needs_cuda(tmp_path):
 def test_tensorrt_backend_without_tensorrt_says_so(tmp_path):
     with pytest.raises(TensorRTUnavailable, match="not installed"):
         create_backend(str(tmp_path / "m.engine"), "tensorrt", "cuda", "fp32").load()
+
+
+@pytest.mark.skipif(not HAS_TENSORRT, reason="tensorrt is not installed (needs TensorRT 10 and a GPU)")
+def test_tensorrt_backend_agrees_with_onnxruntime_and_splits_big_batches(r18, tmp_path):
+    from export.build_engine import main as build_engine
+
+    onnx_path, engine = tmp_path / "r18.onnx", tmp_path / "r18.engine"
+    export_onnx(r18, onnx_path, shape=(48, 80), with_argmax=True)
+    assert build_engine(["--model", str(onnx_path), "--out", str(engine), "--opt-batch", "2", "--max-batch", "2"]) == 0
+    trt_backend = create_backend(str(engine), "auto", "cuda", "fp32")
+    ort_backend = OnnxRuntimeBackend(str(onnx_path))
+    assert trt_backend.load().name == ort_backend.load().name
+    pixels = np.random.default_rng(1).integers(0, 256, (5, 48, 80, 3), dtype=np.uint8)  # 5 > max batch 2
+    labels = trt_backend.infer(pixels)
+    assert labels.dtype == np.uint8 and labels.shape == (5, 48, 80)
+    assert (labels == ort_backend.infer(pixels)).mean() >= 0.995
