@@ -3,8 +3,10 @@
 For each concurrency level (closed loop: every client sends its next image as soon as the last
 answer arrives) or request rate (open loop: Poisson arrivals, whatever the latency), it runs for a
 fixed time and reports throughput, p50/p90/p99 latency, errors by status, and the mean batch size
-the server formed (from its /metrics). With ``--model-bench`` it also prints the end-to-end
-throughput as a fraction of the backend alone (``bench.model_bench``) at the nearest batch size.
+the server formed (from its /metrics). It also reports the backend-alone throughput over the same
+batches (images / inference seconds, timed by the server) and the end-to-end throughput as a
+fraction of it; with ``--model-bench`` also as a fraction of ``bench.model_bench``'s images/s at the
+nearest batch size.
 
     python -m service &                       # or let --serve start one
     python -m bench.load --concurrency 1 4 16 --duration 20
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import io
 import json
 import multiprocessing
 import os
@@ -36,14 +39,24 @@ from pathlib import Path
 
 import httpx
 
-from bench.model_bench import CAMVID_VAL, RESULTS, hardware, slug
+from bench.model_bench import RESULTS, camvid_val, hardware, slug
 
 
-def load_images(folder: Path, limit: int) -> list[bytes]:
+def load_images(folder: Path, limit: int) -> tuple[list[bytes], str]:
+    """Real JPEGs from ``folder``; without any, smooth synthetic 480x360 scenes (said so in the JSON)."""
     files = sorted(folder.glob("*.jpg"))[:limit] if folder.is_dir() else []
-    if not files:
-        raise SystemExit(f"no .jpg images in {folder} (pass --images DIR)")
-    return [f.read_bytes() for f in files]
+    if files:
+        return [f.read_bytes() for f in files], f"{len(files)} JPEGs from {folder}"
+    from PIL import Image
+
+    rng, out = random.Random(0), []
+    for _ in range(limit):
+        tiny = Image.frombytes("RGB", (4, 3), bytes(rng.randrange(256) for _ in range(36)))
+        buf = io.BytesIO()
+        tiny.resize((480, 360), Image.BILINEAR).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    print(f"no .jpg images in {folder}: using {limit} synthetic 480x360 JPEGs", file=sys.stderr)
+    return out, f"{limit} synthetic 480x360 JPEGs"
 
 
 async def _client_loop(client, url, images, stop_at, records, offset, step, fmt):
@@ -133,6 +146,10 @@ def run_level(url, images, concurrency, rate, duration, warmup, processes, fmt) 
         "mean_batch_size": round(delta["deeplab_batch_size_sum"] / delta["deeplab_batch_size_count"], 2) if delta["deeplab_batch_size_count"] else None,
         "server_mean_queue_wait_ms": round(1e3 * delta["deeplab_queue_wait_seconds_sum"] / max(delta["deeplab_queue_wait_seconds_count"], 1), 2),
         "server_busy_fraction": round(delta["deeplab_inference_duration_seconds_sum"] / (time.monotonic() - begin), 3),
+        # The backend alone over the very same batches, timed by the server: a model-only figure
+        # taken under identical conditions (a shared CPU box drifts between separate runs).
+        "server_inference_images_per_s": round(delta["deeplab_images_total"] / delta["deeplab_inference_duration_seconds_sum"], 2)
+        if delta["deeplab_inference_duration_seconds_sum"] else None,
     }
 
 
@@ -175,14 +192,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--duration", type=float, default=20.0, help="measured seconds per level")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds per level not counted")
     ap.add_argument("--processes", type=int, default=1, help="client processes")
-    ap.add_argument("--images", type=Path, default=CAMVID_VAL)
+    ap.add_argument("--images", type=Path, default=None, help="JPEG folder (default: CamVid val)")
     ap.add_argument("--max-images", type=int, default=64)
     ap.add_argument("--format", default="png", choices=["png", "json", "overlay"])
     ap.add_argument("--model-bench", type=Path, help="bench.model_bench JSON of the same backend, for the fraction")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
-    images = load_images(args.images, args.max_images)
+    images, images_text = load_images(args.images or camvid_val(), args.max_images)
     RESULTS.mkdir(parents=True, exist_ok=True)
     proc, url = start_server(args.serve) if args.serve else (None, args.url)
     try:
@@ -211,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": served["device"],
         "precision": served["precision"],
         "batching": served["batching"],
-        "images": f"{len(images)} JPEGs from {args.images}",
+        "images": images_text,
         "format": args.format,
         "client_processes": args.processes,
         "load_avg_1m": round(os.getloadavg()[0], 2),
@@ -219,14 +236,16 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"\n{hw}: {served['config']} via HTTP, {served['backend']} {served['precision']} on {served['device']}, "
           f"max batch {served['batching']['max_batch_size']}, delay {served['batching']['max_queue_delay_ms']} ms")
-    print("| load | req/s | p50 ms | p90 ms | p99 ms | mean batch | errors | vs model-only |")
-    print("|---|--:|--:|--:|--:|--:|---|--:|")
+    print("| load | req/s | p50 ms | p90 ms | p99 ms | mean batch | errors | inference-only img/s (same run) | e2e / inference-only | vs model_bench |")
+    print("|---|--:|--:|--:|--:|--:|---|--:|--:|--:|")
     for r in rows:
         load = f"{r['concurrency']} clients" if r["concurrency"] else f"{r['rate_rps']} req/s offered"
         frac = r.get("vs_model_only")
         frac_text = f"{frac['fraction']:.2f} (b={frac['batch_size']})" if frac else "-"
         lat = r["latency_ms"]
-        print(f"| {load} | {r['throughput_rps']:.2f} | {lat['p50']} | {lat['p90']} | {lat['p99']} | {r['mean_batch_size']} | {r['errors'] or '-'} | {frac_text} |")
+        inf = r["server_inference_images_per_s"]
+        same_run = f"{r['throughput_rps'] / inf:.2f}" if inf else "-"
+        print(f"| {load} | {r['throughput_rps']:.2f} | {lat['p50']} | {lat['p90']} | {lat['p99']} | {r['mean_batch_size']} | {r['errors'] or '-'} | {inf} | {same_run} | {frac_text} |")
     name = slug(hw if served["device"].startswith("cuda") else "cpu")
     out = args.out or RESULTS / f"load_{name}_{served['backend']}_{served['precision']}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -22,6 +22,7 @@ import platform
 import re
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,15 @@ import numpy as np
 from service.backends import create_backend, resolve_backend_name
 from service.buckets import InputPolicy
 
-CAMVID_VAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "camvid" / "images" / "val"
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def camvid_val() -> Path:
+    """CamVid val frames: under $CAMVID_DIR, else shared/ beside or inside the checkout."""
+    repo = Path(__file__).resolve().parent.parent
+    roots = [os.environ.get("CAMVID_DIR"), repo.parent / "shared" / "data" / "camvid", repo / "shared" / "data" / "camvid"]
+    found = [Path(r) / "images" / "val" for r in roots if r and (Path(r) / "images" / "val").is_dir()]
+    return found[0] if found else repo.parent / "shared" / "data" / "camvid" / "images" / "val"
 
 
 def hardware(device: str) -> str:
@@ -65,9 +73,11 @@ def sample_batch(policy: InputPolicy, n: int, images: Path) -> np.ndarray:
     return np.stack(frames[:n])
 
 
-def measure(backend, batch: np.ndarray, min_iters: int, min_seconds: float) -> list[float]:
+def measure(backend, batch: np.ndarray, warmup: int, min_iters: int, min_seconds: float) -> list[float]:
     """Seconds per ``infer`` call; at least ``min_iters`` calls and ``min_seconds`` in total.
     ``infer`` returns host labels, so each call is complete (synchronised) when it returns."""
+    for _ in range(warmup):
+        backend.infer(batch)
     times: list[float] = []
     while len(times) < min_iters or sum(times) < min_seconds:
         start = time.perf_counter()
@@ -86,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls per batch size")
     ap.add_argument("--min-iters", type=int, default=3)
     ap.add_argument("--min-seconds", type=float, default=3.0)
-    ap.add_argument("--images", type=Path, default=CAMVID_VAL)
+    ap.add_argument("--images", type=Path, default=None, help="JPEG folder (default: CamVid val)")
     ap.add_argument("--out", type=Path, help="JSON path (default: bench/results/model_bench_<hw>_<backend>_<precision>.json)")
     args = ap.parse_args(argv)
 
@@ -99,10 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
     w, h = policy.full_buckets()[0]
     rows = []
     for n in args.batch_sizes:
-        batch = sample_batch(policy, n, args.images)
-        for _ in range(args.warmup):
-            backend.infer(batch)
-        times = measure(backend, batch, args.min_iters, args.min_seconds)
+        batch = sample_batch(policy, n, args.images or camvid_val())
+        # On a worker thread, as the service's batcher runs it: CPU thread pools behave
+        # differently on the main thread (up to 4x slower on a busy 2-core box here).
+        with ThreadPoolExecutor(1, thread_name_prefix="inference") as worker:
+            times = worker.submit(measure, backend, batch, args.warmup, args.min_iters, args.min_seconds).result()
         median = statistics.median(times)
         rows.append({"batch_size": n, "iters": len(times), "ms_per_batch_median": round(median * 1e3, 2), "images_per_s": round(n / median, 2)})
         print(f"batch {n:>3}: {n / median:8.2f} images/s  ({median * 1e3:.1f} ms/batch, {len(times)} iters)", flush=True)

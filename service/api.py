@@ -179,7 +179,25 @@ async def segment(
         runtime.lifecycle.active -= 1
 
 
+def _json_body(cfg, result: Segmentation, mask: str, started: float) -> dict:
+    counts = codec.class_histogram(result.labels, cfg.num_classes)
+    total, out = int(result.labels.size), result.outcome
+    return SegmentJSON(
+        model=cfg.name,
+        width=result.labels.shape[1],
+        height=result.labels.shape[0],
+        classes=[
+            ClassStat(id=i, name=name, pixels=int(n), fraction=int(n) / total)
+            for i, (name, n) in enumerate(zip(cfg.dataset.classes, counts))
+            if n
+        ],
+        timing=Timing(queue_ms=out.queue_s * 1e3, inference_ms=out.inference_s * 1e3, total_ms=(time.perf_counter() - started) * 1e3),
+        mask=codec.encode_rle(result.labels) if mask == "rle" else None,
+    ).model_dump(exclude_none=True)
+
+
 async def _render(runtime: Runtime, result: Segmentation, fmt: str, mask: str, started: float) -> Response:
+    """Encode in the codec pool: a PNG, JPEG or RLE of a large image takes too long for the loop."""
     cfg, out = runtime.config, result.outcome
     palette = cfg.dataset.palette
     if fmt == "png":
@@ -187,21 +205,7 @@ async def _render(runtime: Runtime, result: Segmentation, fmt: str, mask: str, s
     elif fmt == "overlay":
         response = Response(await runtime.encode(codec.encode_overlay_jpeg, result.rgb, result.labels, palette), media_type="image/jpeg")
     else:
-        counts = codec.class_histogram(result.labels, cfg.num_classes)
-        total = int(result.labels.size)
-        body = SegmentJSON(
-            model=cfg.name,
-            width=result.labels.shape[1],
-            height=result.labels.shape[0],
-            classes=[
-                ClassStat(id=i, name=name, pixels=int(n), fraction=int(n) / total)
-                for i, (name, n) in enumerate(zip(cfg.dataset.classes, counts))
-                if n
-            ],
-            timing=Timing(queue_ms=out.queue_s * 1e3, inference_ms=out.inference_s * 1e3, total_ms=(time.perf_counter() - started) * 1e3),
-            mask=codec.encode_rle(result.labels) if mask == "rle" else None,
-        )
-        response = JSONResponse(body.model_dump(exclude_none=True))
+        response = JSONResponse(await runtime.encode(_json_body, cfg, result, mask, started))
     response.headers.update(
         {
             "X-Batch-Size": str(out.batch_size),

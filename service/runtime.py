@@ -46,12 +46,16 @@ class Runtime:
         self.batcher: Batcher | None = None
 
     def warm_up_shapes(self) -> list[tuple[int, int, int]]:
-        """On CUDA every bucket at every batch size (cudnn.benchmark tunes kernels per shape);
-        elsewhere one batch per main bucket is enough to pay the one-time initialisation."""
-        if str(self.backend.device).startswith("cuda"):
-            sizes = range(1, self.settings.max_batch_size + 1)
-            return [(n, h, w) for w, h in self.policy.all_buckets() for n in sizes]
-        return [(1, h, w) for w, h in self.policy.full_buckets()]
+        """CUDA (cudnn.benchmark tunes kernels per exact shape): the two main buckets at every
+        batch size and every other bucket at the largest, so only a rare bucket at an unusual
+        batch size pays a one-off tuning delay. Elsewhere one batch per main bucket pays the
+        one-time initialisation."""
+        main = self.policy.full_buckets()
+        if not str(self.backend.device).startswith("cuda"):
+            return [(1, h, w) for w, h in main]
+        top = self.settings.max_batch_size
+        shapes = [(n, h, w) for w, h in main for n in range(1, top + 1)]
+        return shapes + [(top, h, w) for w, h in self.policy.all_buckets() if (w, h) not in main]
 
     async def start(self) -> None:
         s = self.settings
@@ -100,7 +104,7 @@ class Runtime:
         return Segmentation(rgb, labels, outcome)
 
     async def encode(self, fn, *args) -> bytes:
-        """Run an encoder from ``service.codec`` in the codec pool."""
+        """Run a CPU-heavy encoding step in the codec pool, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def describe(self) -> dict:

@@ -1,0 +1,73 @@
+"""Backend selection and the torch backend's contract (uint8 RGB batch in, uint8 labels out)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from model import Segmenter
+from service.backends import create_backend, resolve_backend_name
+from service.backends.pytorch import TorchBackend
+from service.buckets import InputPolicy
+from service.metrics import ServiceMetrics
+from service.runtime import Runtime
+from service.settings import Settings
+from test_service import SCALE, scene, small_net
+
+
+@pytest.mark.parametrize(
+    "model,backend,expected",
+    [
+        (None, "auto", "torch"),
+        ("deeplabv3plus_r18-d8_camvid-360x480", "auto", "torch"),
+        ("runs/best.pth", "auto", "torch"),
+        ("w.safetensors", "auto", "torch"),
+        ("/models/m.onnx", "auto", "onnxruntime"),
+        ("/models/m.ENGINE", "auto", "tensorrt"),
+        ("m.plan", "auto", "tensorrt"),
+        ("m.onnx", "tensorrt", "tensorrt"),  # --backend wins
+    ],
+)
+def test_backend_is_chosen_by_extension_unless_given(model, backend, expected):
+    assert resolve_backend_name(model, backend) == expected
+
+
+def test_unknown_backend_is_refused_clearly():
+    with pytest.raises(ValueError, match="unknown backend"):
+        create_backend(None, "tflite", "cpu", "fp32")
+
+
+def test_torch_backend_matches_the_model_and_returns_uint8_labels():
+    net = small_net(seed=3)
+    backend = TorchBackend(net=copy.deepcopy(net))
+    cfg = backend.load()
+    assert cfg.test_scale == SCALE
+    images = [scene(i) for i in range(3)]
+    labels = backend.infer(np.stack(images))
+    assert labels.dtype == np.uint8 and labels.shape == (3, 48, 64)
+    want = Segmenter(copy.deepcopy(net)).predict(images)
+    assert all(np.array_equal(a, b) for a, b in zip(labels, want))
+
+
+def test_torch_backend_bf16_mostly_agrees_with_fp32():
+    net = small_net(seed=4)
+    fp32, bf16 = TorchBackend(net=copy.deepcopy(net)), TorchBackend(net=copy.deepcopy(net), precision="bf16")
+    fp32.load(), bf16.load()
+    assert next(bf16.net.parameters()).dtype == torch.bfloat16
+    assert bf16.net.backbone.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    batch = np.stack([scene(i) for i in range(2)])
+    assert (fp32.infer(batch) == bf16.infer(batch)).mean() > 0.8
+
+
+def test_warm_up_covers_main_buckets_at_every_batch_size_on_cuda():
+    settings = Settings(device="cuda", max_batch_size=4)
+    runtime = Runtime(settings, ServiceMetrics(), TorchBackend(net=small_net(), device="cuda"))
+    runtime.policy = InputPolicy((480, 360), (124, 116, 104))
+    shapes = runtime.warm_up_shapes()
+    assert {(n, 360, 480) for n in range(1, 5)} <= set(shapes) and {(n, 480, 360) for n in range(1, 5)} <= set(shapes)
+    assert {(h, w) for _, h, w in shapes} == {(h, w) for w, h in runtime.policy.all_buckets()}
+    runtime.backend.device = "cpu"
+    assert runtime.warm_up_shapes() == [(1, 360, 480), (1, 480, 360)]
