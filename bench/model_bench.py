@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for n in args.batch_sizes:
         batch = sample_batch(policy, n, args.images or camvid_val())
-        # On a worker thread, as the service's batcher runs it: CPU thread pools behave
-        # differently on the main thread (up to 4x slower on a busy 2-core box here).
+        # On a worker thread, as the service's batcher runs it.
         with ThreadPoolExecutor(1, thread_name_prefix="inference") as worker:
             times = worker.submit(measure, backend, batch, args.warmup, args.min_iters, args.min_seconds).result()
         median = statistics.median(times)

@@ -109,7 +109,8 @@ class Batcher:
                 ) from None
             return await entry.future  # its batch already started: let it finish
         except asyncio.CancelledError:
-            self._discard(entry)
+            if not self._discard(entry):
+                entry.future.cancel()  # already computing: its result is dropped unseen
             raise
 
     def _discard(self, entry: _Entry) -> bool:
