@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.backends import create_backend, resolve_backend_name
+from service.backends import create_backend, default_device, resolve_backend_name
 from service.buckets import InputPolicy
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -100,9 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, help="JSON path (default: bench/results/model_bench_<hw>_<backend>_<precision>.json)")
     args = ap.parse_args(argv)
 
-    from service.settings import _default_device
-
-    device = args.device or _default_device()
+    device = args.device or default_device()
     backend = create_backend(args.model, args.backend, device, args.precision)
     cfg = backend.load()
     policy = InputPolicy.for_config(cfg)

@@ -13,14 +13,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def _default_device() -> str:
-    """``cuda`` when a GPU is visible, else ``cpu``; torch is imported lazily (ORT/TRT images)."""
-    try:
-        import torch
-    except ImportError:
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else "cpu"
+from service.backends import default_device
 
 
 class Settings(BaseSettings):
@@ -34,7 +27,7 @@ class Settings(BaseSettings):
     backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = Field(
         "auto", description="inference backend; auto = chosen from the model file's extension"
     )
-    device: str = Field(default_factory=_default_device, description="cpu, cuda or cuda:N")
+    device: str = Field(default_factory=default_device, description="cpu, cuda or cuda:N")
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     max_batch_size: int = Field(8, ge=1, le=256)
     max_queue_delay_ms: float = Field(

@@ -27,6 +27,15 @@ _BY_EXTENSION = {
 }
 
 
+def default_device() -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``; torch is imported lazily (ORT/TRT images)."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_backend_name(model: str | None, backend: str = "auto") -> str:
     """``backend`` unless it is ``auto``; then from the model's file extension (config names and
     the built-in default model -> torch)."""
