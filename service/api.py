@@ -60,10 +60,6 @@ class SegmentJSON(BaseModel):
     mask: RLEMask | None = None
 
 
-def _errors(*codes: int) -> dict:
-    return {code: {"model": ErrorBody} for code in codes}
-
-
 _IMAGE_BODY = {
     "requestBody": {
         "required": True,
@@ -230,7 +226,7 @@ async def healthz() -> dict:
     return {"status": "alive"}
 
 
-@router.get("/readyz", summary="Readiness: model loaded and warmed up, not draining", responses=_errors(503))
+@router.get("/readyz", summary="Readiness: model loaded and warmed up, not draining", responses={503: {"model": ErrorBody}})
 async def readyz(request: Request) -> dict:
     lifecycle = runtime_of(request).lifecycle
     if not lifecycle.ready:

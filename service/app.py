@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 
 from service import api
 from service.backends import Backend
-from service.errors import ServiceError
+from service.errors import InvalidParameter, ServiceError
 from service.metrics import ServiceMetrics
 from service.middleware import RequestMiddleware
 from service.runtime import Runtime
@@ -38,7 +38,7 @@ async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-    return _error(422, "invalid_parameter", detail)
+    return await _service_error(request, InvalidParameter(detail))
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -62,7 +62,6 @@ class Batcher:
         self._on_batch = on_batch  # (batch_size, inference_seconds), called on the event loop
         self._queues: dict[Hashable, deque[_Entry]] = {}
         self._depth = 0
-        self._running = 0
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._task: asyncio.Task | None = None
@@ -71,11 +70,6 @@ class Batcher:
     def depth(self) -> int:
         """Items waiting in the queue (not yet in a batch)."""
         return self._depth
-
-    @property
-    def busy(self) -> int:
-        """Items queued or being computed."""
-        return self._depth + self._running
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._dispatch_forever())
@@ -152,11 +146,9 @@ class Batcher:
             for entry in batch:
                 entry.started = True
             self._depth -= len(batch)
-            self._running = len(batch)
             start = time.perf_counter()
             results = await loop.run_in_executor(self._executor, self._run_isolated, [e.item for e in batch])
             inference_s = time.perf_counter() - start
-            self._running = 0
             if self._on_batch is not None:
                 self._on_batch(len(batch), inference_s)
             for entry, result in zip(batch, results):

@@ -175,10 +175,10 @@ def test_cancelled_callers_are_dropped_before_their_batch_starts():
         await first
         await asyncio.sleep(0.4)
         await b.stop()
-        return rec, b.busy
+        return rec, b.depth
 
-    rec, busy = run(main())
-    assert rec.batches == [["first"]] and busy == 0
+    rec, depth = run(main())
+    assert rec.batches == [["first"]] and depth == 0
 
 
 def test_a_failing_batch_is_retried_item_by_item_so_only_the_culprit_fails():
