@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from model.preprocess import normalize
@@ -56,8 +57,6 @@ def sample_batch(config, batch: int, hw: tuple[int, int], seed: int = 0) -> torc
 
 def _session_with_logits(path: Path):
     """A session on a copy of the graph whose outputs also include the logits feeding ArgMax."""
-    import onnx
-
     proto = onnx.load(str(path))
     argmax = [n for n in proto.graph.node if n.op_type == "ArgMax"]
     if len(argmax) != 1:
@@ -93,8 +92,6 @@ def check_export(
     net: torch.nn.Module, onnx_path: str | Path, inputs: list[torch.Tensor], min_agreement: float = MIN_AGREEMENT
 ) -> list[Agreement]:
     """`onnx.checker`, then `compare`; raises `ExportCheckError` below `min_agreement` anywhere."""
-    import onnx
-
     try:
         onnx.checker.check_model(str(onnx_path), full_check=True)
     except onnx.checker.ValidationError as exc:

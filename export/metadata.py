@@ -114,7 +114,8 @@ def attach(model_proto, meta: ExportMetadata) -> None:
 
 
 def read_onnx(path: str | Path) -> ExportMetadata:
-    """Metadata of an ONNX file, read without loading its weights."""
+    """Metadata of an ONNX file, read without loading its weights (`onnx` is imported here only:
+    the TensorRT backend reads sidecars and need not have it)."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)

@@ -26,6 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
@@ -109,8 +110,6 @@ def export_onnx(
     attach(proto, meta)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    import onnx
-
     onnx.save_model(proto, str(out))
     return meta
 
@@ -124,8 +123,6 @@ def _batch_arg(text: str) -> int | None:
 
 
 def _opset_arg(text: str) -> int:
-    import onnx
-
     newest = onnx.defs.onnx_opset_version()
     if not text.isdigit() or not MIN_OPSET <= int(text) <= newest:
         raise argparse.ArgumentTypeError(

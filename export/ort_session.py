@@ -2,6 +2,7 @@
 
 Provider choice lives here once: TensorRT, then CUDA, then CPU where the installed onnxruntime has
 them and the caller asked for a GPU; plain `onnxruntime` (CPU only) everywhere else.
+`onnxruntime` is imported on use, so TensorRT-only images need not ship it.
 """
 
 from __future__ import annotations
