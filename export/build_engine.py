@@ -166,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     build = {
-        "fp16": args.fp16, "workspace_gb": args.workspace_gb, "timing_cache": args.timing_cache, "opt_level": args.opt_level
+        "fp16": args.fp16,
+        "workspace_gb": args.workspace_gb,
+        "timing_cache": args.timing_cache,
+        "opt_level": args.opt_level,
     }
     facts = {
         "profile": profile.to_json(),

@@ -131,6 +131,7 @@ def sidecar_path(engine_path: str | Path) -> Path:
 def write_sidecar(engine_path: str | Path, meta: ExportMetadata, **build: object) -> Path:
     """Metadata plus build facts (profile, precision, TensorRT version) beside the engine."""
     path = sidecar_path(engine_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"metadata": meta.to_json(), **build}, indent=2) + "\n")
     return path
 
