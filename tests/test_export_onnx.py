@@ -15,6 +15,8 @@ from export.ort_session import create_session
 from model import DEFAULT_MODEL, build_model, get_config, save_checkpoint
 
 R50 = "deeplabv3plus_r50-d8_4xb4-80k_potsdam-512x512"
+# What the graph may contain: all in the TensorRT 10 ONNX parser's supported-operator list.
+TRT_PARSER_OPS = {"Conv", "Relu", "MaxPool", "Add", "ReduceMean", "Resize", "Shape", "Concat", "Squeeze", "Div", "Reshape"}
 HW = (64, 96)
 
 
@@ -89,6 +91,8 @@ def test_dynamic_graph_is_clean_for_tensorrt(dynamic_logits):
     assert dims(proto.graph.input[0]) == ["batch", 3, "height", "width"]
     assert dims(proto.graph.output[0]) == ["batch", 11, "height", "width"]
     ops = [n.op_type for n in proto.graph.node]
+    assert {n.domain for n in proto.graph.node} <= {""}, "no custom-domain ops: TensorRT's parser lacks them"
+    assert set(ops) <= TRT_PARSER_OPS, set(ops) - TRT_PARSER_OPS
     assert "BatchNormalization" not in ops, "BN should be folded into the convolutions"
     assert ops.count("Resize") == 3  # image pool, decoder, final: nothing else upsampling
 
@@ -97,6 +101,7 @@ def test_argmax_graph_outputs_int32_labels(r18, fixed_labels):
     proto = onnx.load(str(fixed_labels))
     (out,) = proto.graph.output
     assert out.name == "labels" and out.type.tensor_type.elem_type == onnx.TensorProto.INT32
+    assert {n.op_type for n in proto.graph.node} <= TRT_PARSER_OPS | {"ArgMax", "Cast"}
     assert dims(out) == ["batch", *HW]
     assert dims(proto.graph.input[0]) == ["batch", 3, *HW]
     x = sample_batch(r18.config, 3, HW, seed=4)
