@@ -58,6 +58,7 @@ def main() -> None:
     args = ap.parse_args()
 
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     cfg = get_config(args.config)
     dataset = open_dataset(args.data, "train")
     pipe = TrainPipeline.from_config(cfg)
@@ -84,8 +85,10 @@ def main() -> None:
         def augment(k: int) -> None:
             memory.batch(k)
 
-        def both(k: int) -> None:
-            img, label = memory.batch(k)
+        stream = memory.batches(0, 10**9)  # as model.train consumes it (prefetching on a GPU)
+
+        def both(_: int) -> None:
+            img, label = next(stream)
             train_step(forward, opt, scaler, img.contiguous(memory_format=fmt), label, loss_cfg, AMP_DTYPES[args.amp])
 
         row = {"batch": batch}
@@ -93,13 +96,14 @@ def main() -> None:
             row[name] = round(_rate(fn, args.steps, batch, device, args.warmup), 1)
         if device.type == "cuda":
             row["max_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        stream.close()
         rows.append(row)
         print(row, flush=True)
-    stream = None
+    disk_rate = None
     if args.stream_workers:
         disk = TrainBatches(dataset, pipe, args.batches[0], seed=0, device=device, workers=args.stream_workers)
         it = disk.batches(0, 10**9)
-        stream = round(_rate(lambda _: next(it), args.steps * 2, args.batches[0], device, args.warmup), 1)
+        disk_rate = round(_rate(lambda _: next(it), args.steps * 2, args.batches[0], device, args.warmup), 1)
 
     result = {
         "config": cfg.name,
@@ -110,7 +114,7 @@ def main() -> None:
         "crop": list(cfg.crop_size),
         "preload_s": round(preload_s, 2),
         "rows": rows,
-        "stream": {"workers": args.stream_workers, "batch": args.batches[0], "img_s": stream},
+        "stream": {"workers": args.stream_workers, "batch": args.batches[0], "img_s": disk_rate},
         "torch": str(torch.__version__),
     }
     print(f"\n{result['device']}, {cfg.name}, crop {cfg.crop_size}, amp {args.amp}, channels_last {args.channels_last}, "
@@ -119,8 +123,8 @@ def main() -> None:
     print("|------:|--------------:|-----------:|------------:|-----------:|")
     for r in rows:
         print(f"| {r['batch']} | {r['augment']} | {r['step']} | {r['train']} | {r['train'] / r['step']:.2f} |")
-    if stream:
-        print(f"disk stream, {args.stream_workers} CPU workers, batch {args.batches[0]}: {stream} img/s")
+    if disk_rate:
+        print(f"disk stream, {args.stream_workers} CPU workers, batch {args.batches[0]}: {disk_rate} img/s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
 

@@ -41,50 +41,68 @@ def sample_photometric(
     return PhotometricParams(brightness, contrast, contrast_first, saturation, hue)
 
 
-def _convert(x: torch.Tensor, alpha: float = 1.0, beta: float = 0.0) -> torch.Tensor:
+def _convert(x: torch.Tensor, alpha: float | torch.Tensor = 1.0, beta: float | torch.Tensor = 0.0) -> torch.Tensor:
     # mmseg: (img.astype(float32) * alpha + beta).clip(0, 255).astype(uint8) -- truncation.
     return (x * alpha + beta).clamp_(0, 255).floor_()
 
 
 def rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
-    """OpenCV's 8-bit RGB->HSV on a 3 x H x W float tensor of uint8 values."""
-    r, g, b = img.unbind(0)
-    v, _ = img.max(0)
-    mn, _ = img.min(0)
+    """OpenCV's 8-bit RGB->HSV on float tensors of uint8 values, channels at dim -3."""
+    r, g, b = img.unbind(-3)
+    v, _ = img.max(-3)
+    mn, _ = img.min(-3)
     diff = v - mn
     safe = torch.where(diff > 0, diff, torch.ones_like(diff))
     h = torch.where(v == r, (g - b) / safe, torch.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
     h = torch.where(diff > 0, h * 30.0, torch.zeros_like(h))  # 60 degrees per unit, halved for 8 bit
     h = torch.round(torch.where(h < 0, h + 180.0, h)) % 180
     s = torch.round(torch.where(v > 0, diff * 255.0 / torch.where(v > 0, v, torch.ones_like(v)), torch.zeros_like(v)))
-    return torch.stack([h, s, v])
+    return torch.stack([h, s, v], dim=-3)
 
 
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     """OpenCV's 8-bit HSV->RGB (float conversion, then rounding to uint8 values)."""
-    h, s, v = hsv.unbind(0)
+    h, s, v = hsv.unbind(-3)
     h6, s, v = h * (2.0 / 60.0), s / 255.0, v / 255.0
     out = []
     for n in (5.0, 3.0, 1.0):  # closed form of the six-sector table: R, G, B
         k = (n + h6) % 6
         out.append(v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1))
-    return torch.round(torch.stack(out) * 255.0).clamp_(0, 255)
+    return torch.round(torch.stack(out, dim=-3) * 255.0).clamp_(0, 255)
 
 
-def photometric_distortion(img: torch.Tensor, p: PhotometricParams) -> torch.Tensor:
-    """Brightness, contrast (first or last), saturation, hue: mmseg's sequence and quantisation."""
-    if p.brightness is not None:
-        img = _convert(img, beta=p.brightness)
-    if p.contrast_first and p.contrast is not None:
-        img = _convert(img, alpha=p.contrast)
-    if p.saturation is not None:
+def photometric_distortion(imgs: torch.Tensor, params: list[PhotometricParams]) -> torch.Tensor:
+    """A batch (N x 3 x H x W) distorted sample by sample, in a fixed number of batched ops.
+
+    Brightness and contrast use identity values (beta 0, alpha 1) for samples that skip them,
+    which leaves uint8 values exactly unchanged; the HSV steps, whose round trip is not exact,
+    are applied through a per-sample mask instead.
+    """
+
+    def column(values: list[float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=imgs.dtype).view(-1, 1, 1, 1).to(imgs.device, non_blocking=True)
+
+    def masked(fn, values: list[float | None], img: torch.Tensor) -> torch.Tensor:
+        if all(v is None for v in values):
+            return img
         hsv = rgb_to_hsv(img)
-        hsv[1] = _convert(hsv[1], alpha=p.saturation)
-        img = hsv_to_rgb(hsv)
-    if p.hue is not None:
-        hsv = rgb_to_hsv(img)
-        hsv[0] = (hsv[0] + p.hue) % 180
-        img = hsv_to_rgb(hsv)
-    if not p.contrast_first and p.contrast is not None:
-        img = _convert(img, alpha=p.contrast)
-    return img
+        changed = hsv_to_rgb(fn(hsv, column([0.0 if v is None else float(v) for v in values])))
+        return torch.where(column([v is not None for v in values]) > 0, changed, img)
+
+    def saturate(hsv: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        return torch.cat([hsv[:, :1], _convert(hsv[:, 1:2], alpha), hsv[:, 2:]], dim=1)
+
+    def shift_hue(hsv: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return torch.cat([(hsv[:, :1] + delta) % 180, hsv[:, 1:]], dim=1)
+
+    if any(p.brightness is not None for p in params):
+        imgs = _convert(imgs, beta=column([p.brightness or 0.0 for p in params]))
+    first = [p.contrast if p.contrast_first else None for p in params]
+    last = [None if p.contrast_first else p.contrast for p in params]
+    if any(c is not None for c in first):
+        imgs = _convert(imgs, alpha=column([1.0 if c is None else c for c in first]))
+    imgs = masked(saturate, [p.saturation for p in params], imgs)
+    imgs = masked(shift_hue, [p.hue for p in params], imgs)
+    if any(c is not None for c in last):
+        imgs = _convert(imgs, alpha=column([1.0 if c is None else c for c in last]))
+    return imgs

@@ -70,33 +70,47 @@ class TrainPipeline:
         label = F.interpolate(label[None, None].float(), size=p.size, mode="nearest")[0, 0].to(torch.uint8)
         if len(p.crops) == 1:
             return img, label, torch.zeros((), dtype=torch.long, device=img.device)
-        ch, cw = self.crop_size
-        # One bincount for all candidates: candidate k's labels are offset into bins [256k, 256k+256).
-        flat = torch.cat([label[t : t + ch, l : l + cw].reshape(-1).long() + 256 * k for k, (t, l) in enumerate(p.crops)])
-        counts = torch.bincount(flat, minlength=256 * len(p.crops)).view(len(p.crops), 256)
+        # All candidate crops in one gather; candidate k's labels land in bins [256k, 256k + 256).
+        ch, cw = min(self.crop_size[0], p.size[0]), min(self.crop_size[1], p.size[1])
+        offsets = torch.tensor(p.crops, dtype=torch.long).to(img.device, non_blocking=True)
+        rows = (offsets[:, 0, None] + torch.arange(ch, device=img.device))[:, :, None]
+        cols = (offsets[:, 1, None] + torch.arange(cw, device=img.device))[:, None, :]
+        binned = label[rows, cols].long() + 256 * torch.arange(len(p.crops), device=img.device).view(-1, 1, 1)
+        counts = torch.bincount(binned.view(-1), minlength=256 * len(p.crops)).view(len(p.crops), 256)
         counts[:, self.ignore_index] = 0
-        total = counts.sum(1).clamp_(min=1)
-        ok = ((counts > 0).sum(1) > 1) & (counts.max(1).values < self.cat_max_ratio * total)
-        ok = ok[:CROP_TRIES]
-        choice = torch.where(ok.any(), ok.int().argmax(), torch.tensor(CROP_TRIES, device=ok.device))
+        total = counts.sum(1)
+        ok = (((counts > 0).sum(1) > 1) & (counts.max(1).values < self.cat_max_ratio * total))[:CROP_TRIES]
+        choice = torch.where(ok.any(), ok.int().argmax(), torch.full_like(ok, CROP_TRIES, dtype=torch.long)[0])
         return img, label, choice
 
-    def finish(self, img: torch.Tensor, label: torch.Tensor, p: AugmentParams, crop: int):
-        """Crop, flip, distort, normalise and pad one sample to the crop size."""
+    def crop(self, img: torch.Tensor, label: torch.Tensor, p: AugmentParams, crop: int):
+        """Crop and flip one sample, then pad it to the crop size (image 0, label ignore)."""
         (top, left), (ch, cw) = p.crops[crop], self.crop_size
         img, label = img[:, top : top + ch, left : left + cw], label[top : top + ch, left : left + cw]
         if p.flip:
             img, label = img.flip(-1), label.flip(-1)
-        if p.photometric is not None:
-            img = photometric_distortion(img, p.photometric)
-        mean = torch.tensor(self.mean, device=img.device).view(3, 1, 1)
-        std = torch.tensor(self.std, device=img.device).view(3, 1, 1)
-        img = (img - mean) / std
         pad_h, pad_w = ch - img.shape[1], cw - img.shape[2]
         if pad_h or pad_w:
             img = F.pad(img, (0, pad_w, 0, pad_h), value=0.0)
             label = F.pad(label, (0, pad_w, 0, pad_h), value=self.ignore_index)
         return img, label
+
+    def finish(self, imgs: torch.Tensor, params: list[AugmentParams]) -> torch.Tensor:
+        """Photometric distortion and normalisation of the whole batch; padding stays exactly 0."""
+        if self.photometric:
+            imgs = photometric_distortion(imgs, [p.photometric for p in params])
+        mean = torch.tensor(self.mean, device=imgs.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=imgs.device).view(1, 3, 1, 1)
+        imgs = (imgs - mean) / std
+        ch, cw = self.crop_size
+        valid = [(min(ch, p.size[0]), min(cw, p.size[1])) for p in params]
+        if any(v != (ch, cw) for v in valid):  # mmseg pads after normalising: padded pixels are 0
+            hv, wv = torch.tensor(valid, device=imgs.device).unbind(1)
+            inside = (torch.arange(ch, device=imgs.device).view(1, -1, 1) < hv.view(-1, 1, 1)) & (
+                torch.arange(cw, device=imgs.device).view(1, 1, -1) < wv.view(-1, 1, 1)
+            )
+            imgs = imgs * inside[:, None]
+        return imgs
 
 
 def augment_batch(
@@ -105,5 +119,6 @@ def augment_batch(
     """N x 3 x h x w float images and N x h x w uint8 labels; one host sync for all crop choices."""
     staged = [pipe.resize_and_choose(img, lbl, p) for (img, lbl), p in zip(samples, params)]
     choices = torch.stack([c for _, _, c in staged]).tolist()
-    outs = [pipe.finish(img, lbl, p, c) for (img, lbl, _), p, c in zip(staged, params, choices)]
-    return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+    crops = [pipe.crop(img, lbl, p, c) for (img, lbl, _), p, c in zip(staged, params, choices)]
+    imgs = torch.stack([c[0] for c in crops])
+    return pipe.finish(imgs, params), torch.stack([c[1] for c in crops])
