@@ -42,7 +42,7 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, batch: int = 4, progress
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__.splitlines()[0])
-    ap.add_argument("model", help="checkpoint file or config name (see `python -m model list`)")
+    ap.add_argument("model", nargs="?", default=None, help="checkpoint file or zoo config name; default: the built-in model")
     ap.add_argument("--data", required=True, help="dataset root (any layout of model.data.LAYOUTS)")
     ap.add_argument("--split", default="val")
     ap.add_argument("--layout", default=None, help="dataset layout; detected from the folder by default")
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{' +TTA' if args.tta else ''} in {seconds:.1f} s")  # fmt: skip
     print(metrics.table(cfg.dataset.classes))
     if args.json:
-        record = {"model": str(args.model), "config": cfg.name, "split": args.split, "images": len(dataset),
+        record = {"model": str(args.model or "built-in"), "config": cfg.name, "split": args.split, "images": len(dataset),
                   "tta": args.tta, **metrics.as_dict(cfg.dataset.classes)}  # fmt: skip
         args.json.write_text(json.dumps(record, indent=1))
     return 0

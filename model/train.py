@@ -8,7 +8,7 @@ momentum 0.9, weight decay 5e-4, poly decay (power 0.9) to 1e-4 by iteration; cr
 (ignore 255) on the decode head + 0.4 x on the auxiliary head; fp32 unless the config is an AMP
 one. Options beyond mmseg's defaults (bf16, OHEM, class weights, EMA, channels_last,
 torch.compile) are opt-in. Every `--ckpt-interval` iterations (and on `--max-minutes`) the run
-state goes to WORK_DIR/latest.pth; `--resume` continues it bit-identically. With validation
+state goes to WORK_DIR/iter_K.pth; `--resume` continues the newest bit-identically. With validation
 data, the best model by val mIoU is exported in the serving format to WORK_DIR/best_model.pth.
 """
 
@@ -41,7 +41,7 @@ from .training.logs import RunLog
 from .training.loss import LossConfig, median_frequency_weights
 from .training.schedule import poly_lr, set_lr
 from .training.state import load_state as load_run_state
-from .training.state import save_state
+from .training.state import last_checkpoint, save_run_state
 from .training.step import train_step
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--iters", type=int, default=None, help="default: the config's")
     ap.add_argument("--batch", type=int, default=None, help="per process; default: the config's batch per GPU")
     ap.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="default: the config's")
+    ap.add_argument("--scale", type=int, nargs=2, default=None, metavar=("W", "H"), help="RandomResize base scale")
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--min-lr", type=float, default=1e-4)
     ap.add_argument("--power", type=float, default=0.9)
@@ -87,8 +88,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=0, help="0: keep the dataset on the device; N: stream from disk")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--load-from", default=None, help="initial weights (checkpoint or zoo name); mismatched keys skipped")
-    ap.add_argument("--resume", nargs="?", const="auto", default=None, help="a run state file; bare: WORK_DIR/latest.pth")
+    ap.add_argument("--resume", nargs="?", const="auto", default=None, help="a run state file; bare: the newest in WORK_DIR")
     ap.add_argument("--ckpt-interval", type=int, default=2000)
+    ap.add_argument("--keep-ckpts", type=int, default=2, help="run states kept in WORK_DIR (newest)")
     ap.add_argument("--val-interval", type=int, default=2000)
     ap.add_argument("--log-interval", type=int, default=50)
     ap.add_argument("--max-minutes", type=float, default=None, help="save and stop after this much wall time")
@@ -99,6 +101,8 @@ def resolve_config(args: argparse.Namespace) -> ModelConfig:
     cfg = get_config(args.config)
     if args.crop:
         cfg = dataclasses.replace(cfg, crop_size=tuple(args.crop))
+    if args.scale:
+        cfg = dataclasses.replace(cfg, train_scale=tuple(args.scale))
     args.iters = args.iters or cfg.iters
     args.batch = args.batch or cfg.batch_per_gpu
     args.amp = args.amp or ("fp16" if cfg.amp else "none")
@@ -154,8 +158,8 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
 
     start, best, elapsed = 0, {"mIoU": None, "iter": None}, 0.0
-    resume = work_dir / "latest.pth" if args.resume == "auto" else (Path(args.resume) if args.resume else None)
-    if resume is not None and resume.exists():
+    resume = last_checkpoint(work_dir) if args.resume == "auto" else (Path(args.resume) if args.resume else None)
+    if resume is not None:  # a bare --resume in a fresh work dir starts from scratch, as mmseg's does
         state = load_run_state(resume)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -176,8 +180,8 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
         log.write("start", start, config=cfg.name, argv=argv, world=info.world, batch=args.batch,
                   images=len(train_set), device=_device_name(device))  # fmt: skip
 
-    def run_state(done: int, wall: float) -> dict:
-        return dict(iteration=done, config=cfg.name, model=net.state_dict(), optimizer=optimizer.state_dict(),
+    def run_state(wall: float) -> dict:
+        return dict(config=cfg.name, model=net.state_dict(), optimizer=optimizer.state_dict(),
                     scaler=scaler.state_dict(), ema=ema.state_dict() if ema else None, best=best, elapsed_s=wall,
                     argv=argv)  # fmt: skip
 
@@ -225,7 +229,7 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
             validate(done, wall)
         if done % args.ckpt_interval == 0 or done == args.iters or out_of_time:
             if info.main:
-                save_state(work_dir / "latest.pth", **run_state(done, wall))
+                save_run_state(work_dir, done, args.keep_ckpts, **run_state(wall))
             dist.barrier(info)
         if out_of_time:
             break

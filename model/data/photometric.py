@@ -2,8 +2,8 @@
 
 mmseg works on uint8 BGR arrays through OpenCV; here images are float tensors holding uint8 values
 (C x H x W, RGB). Each step quantises exactly where mmseg's does (`convert` truncates to uint8,
-HSV is OpenCV's 8-bit HSV: H in [0, 180), S and V in [0, 255], rounded), so results agree with
-mmseg's to within OpenCV's fixed-point rounding (a level or two, see tests/test_data_photometric.py).
+HSV is OpenCV's 8-bit HSV: H in [0, 180), S and V in [0, 255]), so results agree with mmseg's
+to within OpenCV's fixed-point rounding (a level here and there, see tests/test_data_photometric.py).
 """
 
 from __future__ import annotations
@@ -47,28 +47,37 @@ def _convert(x: torch.Tensor, alpha: float | torch.Tensor = 1.0, beta: float | t
 
 
 def rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
-    """OpenCV's 8-bit RGB->HSV on float tensors of uint8 values, channels at dim -3."""
-    r, g, b = img.unbind(-3)
-    v, _ = img.max(-3)
-    mn, _ = img.min(-3)
+    """OpenCV's 8-bit RGB->HSV, in its own fixed-point arithmetic (channels at dim -3).
+
+    OpenCV divides through 12-bit reciprocal tables; emulating them exactly matters because a
+    hue one step off moves a saturated colour by up to 8 levels on the way back to RGB.
+    """
+    x = img.to(torch.int64)
+    r, g, b = x.unbind(-3)
+    v, mn = x.max(-3).values, x.min(-3).values
     diff = v - mn
-    safe = torch.where(diff > 0, diff, torch.ones_like(diff))
-    h = torch.where(v == r, (g - b) / safe, torch.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
-    h = torch.where(diff > 0, h * 30.0, torch.zeros_like(h))  # 60 degrees per unit, halved for 8 bit
-    h = torch.round(torch.where(h < 0, h + 180.0, h)) % 180
-    s = torch.round(torch.where(v > 0, diff * 255.0 / torch.where(v > 0, v, torch.ones_like(v)), torch.zeros_like(v)))
-    return torch.stack([h, s, v], dim=-3)
+    sdiv = torch.where(v > 0, torch.round((255 << 12) / v.clamp(min=1).double()), 0).long()
+    hdiv = torch.where(diff > 0, torch.round((180 << 12) / (6.0 * diff.clamp(min=1).double())), 0).long()
+    s = (diff * sdiv + 2048) >> 12
+    num = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
+    h = (num * hdiv + 2048) >> 12
+    h = torch.where(h < 0, h + 180, h)
+    return torch.stack([h, s, v], dim=-3).to(img.dtype)
 
 
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    """OpenCV's 8-bit HSV->RGB (float conversion, then rounding to uint8 values)."""
+    """OpenCV's 8-bit HSV->RGB (float conversion, then truncation to uint8 values).
+
+    OpenCV's vectorised path, which converts all but a row's last few pixels, truncates; its
+    scalar tail rounds. Truncation is what an image sees almost everywhere.
+    """
     h, s, v = hsv.unbind(-3)
     h6, s, v = h * (2.0 / 60.0), s / 255.0, v / 255.0
     out = []
     for n in (5.0, 3.0, 1.0):  # closed form of the six-sector table: R, G, B
         k = (n + h6) % 6
         out.append(v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1))
-    return torch.round(torch.stack(out, dim=-3) * 255.0).clamp_(0, 255)
+    return torch.floor(torch.stack(out, dim=-3) * 255.0).clamp_(0, 255)
 
 
 def photometric_distortion(imgs: torch.Tensor, params: list[PhotometricParams]) -> torch.Tensor:

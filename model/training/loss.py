@@ -1,8 +1,10 @@
 """mmseg's decode + auxiliary cross-entropy, with its OHEM sampler and class weights as options.
 
 mmseg's `CrossEntropyLoss(avg_non_ignore=False)` averages over *all* pixels, ignored ones included
-(they contribute zero), and class weights scale each pixel's loss without renormalising; both are
-kept so loss values and gradients match mmseg's logs. OHEM follows `OHEMPixelSampler`: with a
+(they contribute zero), so loss values and gradients match mmseg's logs. With class weights mmseg
+divides by the summed weights of the labelled pixels (PyTorch's weighted mean; mmseg 1.2.2 itself
+crashes on ignored pixels there, so this is the value it computes when it runs). OHEM follows
+`OHEMPixelSampler`: with a
 threshold, pixels whose true-class probability is below max(thresh, the min_kept-th lowest) get
 weight 1; without, the `min_kept` x batch highest-loss pixels do. It applies to the decode head
 only, as mmseg's sampler does.
@@ -47,14 +49,21 @@ def ohem_weight(logits: torch.Tensor, label: torch.Tensor, pixel_loss: torch.Ten
     return weight
 
 
+def _reduce(pixel_loss: torch.Tensor, label: torch.Tensor, num_classes: int, cfg: LossConfig) -> torch.Tensor:
+    if cfg.class_weight is None:
+        return pixel_loss.mean()
+    weight = pixel_loss.new_tensor(cfg.class_weight)[label.clamp(max=num_classes - 1)]
+    return pixel_loss.sum() / weight[label != cfg.ignore_index].sum().clamp(min=1e-12)
+
+
 def seg_loss(logits: torch.Tensor, aux_logits: torch.Tensor, label: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
     """{'loss', 'loss_decode', 'loss_aux'}; logits N x C x H x W at the label's size, label N x H x W."""
-    label = label.long()
+    label, num_classes = label.long(), logits.shape[1]
     decode = _pixel_ce(logits, label, cfg)
     if cfg.ohem_min_kept:
         decode = decode * ohem_weight(logits, label, decode, cfg)
-    loss_decode = decode.mean()
-    loss_aux = _pixel_ce(aux_logits, label, cfg).mean() * cfg.aux_weight
+    loss_decode = _reduce(decode, label, num_classes, cfg)
+    loss_aux = _reduce(_pixel_ce(aux_logits, label, cfg), label, num_classes, cfg) * cfg.aux_weight
     return {"loss": loss_decode + loss_aux, "loss_decode": loss_decode.detach(), "loss_aux": loss_aux.detach()}
 
 

@@ -2,9 +2,10 @@
 
 Data order and augmentation are functions of (seed, iteration) (see `model.data.sampling`) and
 dropout is reseeded every iteration, so these tensors are all a resumed run needs to continue
-bit-identically. Files are written to a temporary name and renamed, so a job killed mid-write
-leaves the previous checkpoint intact; they hold only tensors and plain values
-(`torch.load(weights_only=True)` reads them).
+bit-identically. As mmseg's CheckpointHook: WORK_DIR/iter_K.pth, the newest `keep` of them kept,
+and WORK_DIR/last_checkpoint naming the newest. Files are written to a temporary name and
+renamed, so a job killed mid-write leaves the previous checkpoint intact; they hold only tensors
+and plain values (`torch.load(weights_only=True)` reads them).
 """
 
 from __future__ import annotations
@@ -22,6 +23,23 @@ def save_state(path: Path, **state) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"format": STATE_FORMAT, **state}, tmp)
     os.replace(tmp, path)
+
+
+def save_run_state(work_dir: Path, iteration: int, keep: int, **state) -> Path:
+    path = work_dir / f"iter_{iteration}.pth"
+    save_state(path, iteration=iteration, **state)
+    pointer = work_dir / "last_checkpoint"
+    pointer.with_name("last_checkpoint.tmp").write_text(path.name)
+    os.replace(pointer.with_name("last_checkpoint.tmp"), pointer)
+    old = sorted(work_dir.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))[:-keep]
+    for stale in old:
+        stale.unlink()
+    return path
+
+
+def last_checkpoint(work_dir: Path) -> Path | None:
+    pointer = work_dir / "last_checkpoint"
+    return work_dir / pointer.read_text().strip() if pointer.exists() else None
 
 
 def load_state(path: Path) -> dict:
