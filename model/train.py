@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--keep-ckpts", type=int, default=2, help="run states kept in WORK_DIR (newest)")
     ap.add_argument("--val-interval", type=int, default=2000)
     ap.add_argument("--log-interval", type=int, default=50)
-    ap.add_argument("--max-minutes", type=float, default=None, help="save and stop after this much wall time")
+    ap.add_argument("--max-minutes", type=float, default=None, help="save and stop after this much wall time (checked every --log-interval iterations)")
     return ap.parse_args(argv)
 
 
@@ -224,7 +224,12 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
             log.write("train", done, loss=loss, loss_decode=loss_decode, loss_aux=loss_aux, lr=lr, img_s=img_s, wall_s=wall)
             if not sys.stderr.isatty() and info.main:
                 print(f"iter {done}/{args.iters} loss {loss:.4f} lr {lr:.2e} {img_s:.0f} img/s wall {wall:.0f}s", flush=True)
-        out_of_time = args.max_minutes is not None and wall - elapsed > 60 * args.max_minutes
+        # Checked at log steps only, and agreed on by all ranks, so every process stops at the same step.
+        out_of_time = (
+            args.max_minutes is not None
+            and done % args.log_interval == 0
+            and dist.any_rank(wall - elapsed > 60 * args.max_minutes, info)
+        )
         if val_set is not None and info.main and (done % args.val_interval == 0 or done == args.iters):
             validate(done, wall)
         if done % args.ckpt_interval == 0 or done == args.iters or out_of_time:

@@ -77,12 +77,15 @@ def test_resume_continues_bit_identically(tree, tmp_path):
                            full["model"]["decode_head.conv_seg.weight"])  # fmt: skip
 
 
-def test_two_process_gloo_torchrun(tree, tmp_path):
+def test_two_process_gloo_torchrun_stops_together_on_time_limit(tree, tmp_path):
+    """Two CPU processes; `--max-minutes 0` makes both stop, and rank 0 save, at the first log step."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "model.train",
-           DEFAULT_MODEL, "--data", str(tree), "--val-data", "none", "--iters", "4", "--work-dir", str(tmp_path), *TINY]  # fmt: skip
+           DEFAULT_MODEL, "--data", str(tree), "--val-data", "none", "--iters", "20", "--max-minutes", "0",
+           "--work-dir", str(tmp_path), *TINY]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     start = train_log(tmp_path)[0]
     assert start["kind"] == "start" and start["world"] == 2
-    assert load_state(tmp_path / "iter_4.pth")["iteration"] == 4
+    assert [p.name for p in tmp_path.glob("iter_*.pth")] == ["iter_5.pth"]
+    assert load_state(tmp_path / "iter_5.pth")["iteration"] == 5

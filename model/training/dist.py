@@ -54,3 +54,12 @@ def mean_over_ranks(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
         dist.all_reduce(values)
         values /= info.world
     return values
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every process if it is true on any (a collective: all ranks must call it)."""
+    if info.world == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=info.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
