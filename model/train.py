@@ -149,7 +149,9 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
     net = build_model(cfg)
     init_weights(net)
     if args.load_from:
-        load_initial_weights(net, args.load_from)
+        skipped = load_initial_weights(net, args.load_from)
+        if info.main and skipped:
+            print(f"--load-from {args.load_from}: {len(skipped)} tensors kept their initial values, e.g. {skipped[0]}")
     if info.world > 1 and device.type == "cuda":
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)

@@ -13,7 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from model import DEFAULT_MODEL, load_model
+from model import DEFAULT_MODEL, build_model, get_config, load_model
+from model.checkpoint import DEFAULT_WEIGHTS
+from model.train import load_initial_weights
 from model.train import main as train_main
 from model.training.state import load_state
 
@@ -89,3 +91,23 @@ def test_two_process_gloo_torchrun_stops_together_on_time_limit(tree, tmp_path):
     assert start["kind"] == "start" and start["world"] == 2
     assert [p.name for p in tmp_path.glob("iter_*.pth")] == ["iter_5.pth"]
     assert load_state(tmp_path / "iter_5.pth")["iteration"] == 5
+
+
+def test_options_beyond_mmseg_defaults_run_and_ema_is_what_gets_exported(tree, tmp_path):
+    args = [DEFAULT_MODEL, "--data", str(tree), "--work-dir", str(tmp_path), "--iters", "3", "--val-interval", "3",
+            "--ema", "0.5", "--class-weight", "median-freq", "--ohem-min-kept", "100", "--workers", "1", *TINY]  # fmt: skip
+    assert train_main(args) == 0
+    state = load_state(tmp_path / "iter_3.pth")
+    exported = torch.load(tmp_path / "best_model.pth", weights_only=True)["state_dict"]
+    key = "decode_head.conv_seg.weight"
+    assert torch.equal(exported[key], state["ema"]["module." + key].half())
+    assert not torch.equal(exported[key], state["model"][key].half())
+
+
+def test_load_from_keeps_what_fits_another_dataset(tmp_path):
+    """Fine-tuning the shipped CamVid model on a 6-class dataset: all but the classifiers carry over."""
+    src = load_model()
+    net = build_model(get_config("deeplabv3plus_r18-d8_4xb4-80k_potsdam-512x512"))
+    skipped = load_initial_weights(net, str(DEFAULT_WEIGHTS))
+    assert "decode_head.conv_seg.weight" in skipped and all(k.startswith(("decode_head.conv_seg", "auxiliary_head")) for k in skipped)
+    assert torch.equal(net.state_dict()["backbone.layer4.1.conv2.weight"], src.state_dict()["backbone.layer4.1.conv2.weight"])
