@@ -161,12 +161,14 @@ def model_only_fraction(row: dict, model_bench: dict) -> dict | None:
     return {"batch_size": ref["batch_size"], "model_only_images_per_s": ref["images_per_s"], "fraction": round(row["throughput_rps"] / ref["images_per_s"], 3)}
 
 
-def start_server(extra: str) -> tuple[subprocess.Popen, str]:
+def start_server(extra: str) -> tuple[subprocess.Popen, str, float]:
+    """The server process, its URL, and seconds from start to ready (load + warm-up)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(Path(tempfile.gettempdir()) / f"deeplab_load_server_{port}.log", "w")  # noqa: SIM115 (lives as long as the server)
     cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *shlex.split(extra)]
+    started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 900
@@ -175,7 +177,7 @@ def start_server(extra: str) -> tuple[subprocess.Popen, str]:
             raise SystemExit(f"server exited with {proc.returncode}; see {log.name}")
         try:
             if httpx.get(f"{url}/readyz").status_code == 200:
-                return proc, url
+                return proc, url, round(time.monotonic() - started, 1)
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
@@ -187,8 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:8000")
     ap.add_argument("--serve", metavar="ARGS", help="start `python -m service ARGS` on a free port for the run")
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--rate", type=float, nargs="+", help="open-loop requests/s levels instead of --concurrency")
+    ap.add_argument("--concurrency", type=int, nargs="*", default=[1, 4, 16], help="closed-loop client counts")
+    ap.add_argument("--rate", type=float, nargs="+", default=[], help="open-loop requests/s levels, after the closed-loop ones")
     ap.add_argument("--duration", type=float, default=20.0, help="measured seconds per level")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds per level not counted")
     ap.add_argument("--processes", type=int, default=1, help="client processes")
@@ -201,11 +203,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     images, images_text = load_images(args.images or camvid_val(), args.max_images)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    proc, url = start_server(args.serve) if args.serve else (None, args.url)
+    proc, url, ready_s = start_server(args.serve) if args.serve else (None, args.url, None)
     try:
         served = httpx.get(f"{url}/v1/models", timeout=30).json()
         model_bench = json.loads(args.model_bench.read_text()) if args.model_bench else None
-        levels = [(0, r) for r in args.rate] if args.rate else [(c, 0.0) for c in args.concurrency]
+        levels = [(c, 0.0) for c in args.concurrency] + [(0, r) for r in args.rate]
         rows = []
         for concurrency, rate in levels:
             row = run_level(url, images, concurrency, rate, args.duration, args.warmup, args.processes, args.format)
@@ -231,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
         "images": images_text,
         "format": args.format,
         "client_processes": args.processes,
+        "server_ready_s": ready_s,
+        "command": "python -m bench.load " + shlex.join(sys.argv[1:]),
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "rows": rows,
     }

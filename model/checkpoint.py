@@ -118,8 +118,9 @@ def _random_default() -> DeepLabV3Plus:
 def load_model(
     path_or_name: str | Path | None = None, config: str | ModelConfig | None = None, device: str | torch.device = "cpu"
 ) -> DeepLabV3Plus:
-    """An eval-mode model from a checkpoint file, a zoo config name, or None for the built-in one."""
-    if path_or_name is None:
+    """An eval-mode model from a checkpoint file, a zoo config name, or None (or the built-in
+    model's name) for the built-in one."""
+    if path_or_name is None or str(path_or_name) == DEFAULT_MODEL:
         if not DEFAULT_WEIGHTS.exists():
             return _random_default().to(device).eval()
         path_or_name = DEFAULT_WEIGHTS

@@ -10,6 +10,8 @@ served by their first frame.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -70,13 +72,33 @@ def _palette_bytes(palette: Sequence[Sequence[int]]) -> list[int]:
     return flat + [0] * (768 - len(flat))
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def encode_label_png(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> bytes:
-    """Palette-mode PNG: pixel value = class index, colours = the dataset palette for viewers."""
-    img = Image.fromarray(labels)  # "L"; putpalette turns it into "P"
-    img.putpalette(_palette_bytes(palette))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)  # label maps compress well even at level 1
-    return buf.getvalue()
+    """Palette-mode PNG: pixel value = class index, colours = the dataset palette for viewers.
+
+    Written directly rather than through PIL, for speed at 150 images/s: every row uses PNG's
+    "Up" filter (difference to the row above, all zeros where a row repeats, as label maps'
+    rows mostly do) and zlib's run-length strategy at level 1, which turns those zero runs into
+    a few bytes. zlib releases the GIL, so the codec threads encode in parallel.
+    """
+    height, width = labels.shape
+    rows = np.empty((height, width + 1), np.uint8)
+    rows[:, 0] = 2  # filter type "Up"; for the first row the row above counts as zeros
+    rows[0, 1:] = labels[0]
+    np.subtract(labels[1:], labels[:-1], out=rows[1:, 1:], dtype=np.uint8)  # modulo 256, as PNG wants
+    deflate = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_RLE)
+    idat = deflate.compress(rows.tobytes()) + deflate.flush()
+    plte = bytes(_palette_bytes(palette)[: 3 * max(1, min(256, len(palette)))])
+    return b"".join([
+        b"\x89PNG\r\n\x1a\n",
+        _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)),  # 8-bit palette
+        _png_chunk(b"PLTE", plte),
+        _png_chunk(b"IDAT", idat),
+        _png_chunk(b"IEND", b""),
+    ])  # fmt: skip
 
 
 def encode_overlay_jpeg(

@@ -38,7 +38,7 @@ class Runtime:
         self.metrics = metrics
         self.lifecycle = Lifecycle()
         self.backend = backend or create_backend(
-            settings.model, settings.backend, settings.device, settings.precision
+            settings.model, settings.backend, settings.device, settings.precision, settings.compile
         )
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="codec")
         self.config = None

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     )
     device: str = Field(default_factory=default_device, description="cpu, cuda or cuda:N")
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    compile: bool = Field(
+        False,
+        description="torch backend on CUDA: torch.compile the optimized network during warm-up "
+        "(tens of seconds; cached in TORCHINDUCTOR_CACHE_DIR across restarts)",
+    )
     max_batch_size: int = Field(8, ge=1, le=256)
     max_queue_delay_ms: float = Field(
         10.0, ge=0, description="longest a request waits for batch-mates before its batch runs"

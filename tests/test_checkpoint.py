@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import randomize
-from model import CheckpointError, UnsafeCheckpointError, build_model, get_config, load_model, save_checkpoint
+from model import DEFAULT_MODEL, CheckpointError, UnsafeCheckpointError, build_model, get_config, load_model, save_checkpoint
 from model.safe_load import read_checkpoint
 
 R18 = "deeplabv3plus_r18-d8_4xb4-80k_potsdam-512x512"
@@ -138,3 +138,10 @@ def test_default_model_loads():
     net = load_model()
     assert net.config.name == "deeplabv3plus_r18-d8_camvid-360x480"
     assert net.config.num_classes == 11 and not net.training
+
+
+def test_default_model_by_name_is_the_built_in_one():
+    """Its name has no zoo checkpoint to download: it means the shipped weights."""
+    by_name, default = load_model(DEFAULT_MODEL), load_model()
+    for key, value in default.state_dict().items():
+        assert torch.equal(by_name.state_dict()[key], value), key

@@ -103,6 +103,27 @@ def test_label_png_round_trips_with_palette():
     assert img.getpalette()[:9] == [c for rgb in PALETTE for c in rgb]
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 37), (29, 1), (64, 97)])
+def test_label_png_is_exact_for_any_shape_and_class_count(shape):
+    """Up-filter differences wrap modulo 256 (class 149 above class 0): PIL must read back the
+    exact indices, and check every chunk's CRC while doing so."""
+    rng = np.random.default_rng(sum(shape))
+    labels = rng.integers(0, 150, shape, dtype=np.uint8)
+    labels[: shape[0] // 2] = np.repeat(labels[:1], shape[0] // 2, axis=0)  # repeated rows, as real maps have
+    palette = [(i, 255 - i, (7 * i) % 256) for i in range(150)]
+    img = Image.open(io.BytesIO(codec.encode_label_png(labels, palette)))
+    img.load()
+    assert img.mode == "P" and np.array_equal(np.asarray(img), labels)
+    assert img.getpalette()[: 3 * 150] == [c for rgb in palette for c in rgb]
+
+
+def test_label_png_of_a_smooth_map_is_small():
+    labels = np.zeros((1024, 2048), np.uint8)
+    labels[300:700, 500:1500] = 3
+    labels[800:, :] = 7
+    assert len(codec.encode_label_png(labels, PALETTE)) < 20_000  # 2 MB of pixels
+
+
 def test_overlay_blends_image_and_palette():
     rgb = np.full((8, 8, 3), 200, np.uint8)
     labels = np.zeros((8, 8), np.uint8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.kernels import triton, upsample_argmax, upsample_argmax_reference
+from model.kernels import depthwise3x3_reference, depthwise3x3_relu, resize_concat, triton, upsample_argmax, upsample_argmax_reference
 
 needs_gpu = pytest.mark.skipif(
     triton is None or not torch.cuda.is_available(), reason="needs a CUDA GPU and Triton (run on the GPU box)"
@@ -29,3 +29,44 @@ def test_triton_kernel_matches_pytorch(align_corners, channels_last):
     got = upsample_argmax(logits, (257, 381), align_corners)
     ref = upsample_argmax_reference(logits, (257, 381), align_corners)
     assert (got == ref).float().mean().item() > 0.9999
+
+
+def test_depthwise_cpu_path_is_conv_bias_relu():
+    x, weight, bias = torch.randn(1, 6, 11, 17), torch.randn(6, 1, 3, 3), torch.randn(6)
+    got = depthwise3x3_relu(x, weight, bias, dilation=4)
+    expected = torch.relu(torch.nn.functional.conv2d(x, weight, bias, padding=4, dilation=4, groups=6))
+    assert torch.equal(got, expected)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dilation", [1, 12, 36])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_depthwise_matches_cudnn(dilation, dtype):
+    """Odd sizes and a channel count that is no multiple of the block, so every mask is exercised."""
+    x = torch.randn(2, 200, 45, 77, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(200, 1, 3, 3, device="cuda", dtype=dtype), torch.randn(200, device="cuda", dtype=dtype)
+    got = depthwise3x3_relu(x, weight, bias, dilation)
+    ref = depthwise3x3_reference(x.float(), weight.float(), bias.float(), dilation)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(got.float(), ref, atol=1e-2 if dtype == torch.float16 else 1e-4, rtol=1e-2)
+
+
+def _resize_concat_reference(x, skip, align_corners):
+    up = torch.nn.functional.interpolate(x, size=skip.shape[2:], mode="bilinear", align_corners=align_corners)
+    return torch.cat([up, skip], dim=1)
+
+
+def test_resize_concat_cpu_path():
+    x, skip = torch.randn(2, 5, 7, 9), torch.randn(2, 3, 26, 35)
+    assert torch.equal(resize_concat(x, skip, False), _resize_concat_reference(x, skip, False))
+
+
+@needs_gpu
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_triton_resize_concat_matches_pytorch(align_corners):
+    """Channel count no multiple of the block; output size no multiple of the input's."""
+    x = torch.randn(2, 200, 33, 65, device="cuda").contiguous(memory_format=torch.channels_last)
+    skip = torch.randn(2, 48, 129, 257, device="cuda").contiguous(memory_format=torch.channels_last)
+    got = resize_concat(x, skip, align_corners)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(got, _resize_concat_reference(x, skip, align_corners), atol=1e-5)

@@ -71,3 +71,28 @@ def test_warm_up_covers_main_buckets_at_every_batch_size_on_cuda():
     assert {(h, w) for _, h, w in shapes} == {(h, w) for w, h in runtime.policy.all_buckets()}
     runtime.backend.device = "cpu"
     assert runtime.warm_up_shapes() == [(1, 360, 480), (1, 480, 360)]
+
+
+def test_compile_is_refused_for_engines_other_than_torch():
+    with pytest.raises(ValueError, match="torch backend only"):
+        create_backend("m.onnx", "auto", "cpu", "fp32", compile=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU box)")
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_backend_serves_the_optimized_network_with_the_same_labels(compile):
+    """On CUDA the backend runs model.fast's rewrite and the fused upsample + argmax kernel;
+    in fp32 its labels must be the CPU reference's (up to summation-order ties)."""
+    net = small_net(seed=5)
+    images = np.stack([scene(i) for i in range(3)])
+    cpu = TorchBackend(net=copy.deepcopy(net))
+    cpu.load()
+    cuda = TorchBackend(net=copy.deepcopy(net), device="cuda", compile=compile)
+    cuda.load()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in cuda.net.modules())
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        assert (cuda.infer(images) == cpu.infer(images)).mean() > 0.999
+        assert (cuda.infer(images[:1]) == cpu.infer(images[:1])).mean() > 0.999  # another batch size
+    finally:
+        torch.backends.cudnn.allow_tf32 = True

@@ -47,13 +47,16 @@ def resolve_backend_name(model: str | None, backend: str = "auto") -> str:
     return _BY_EXTENSION.get(suffix, "torch")
 
 
-def create_backend(model: str | None, backend: str, device: str, precision: str) -> Backend:
+def create_backend(model: str | None, backend: str, device: str, precision: str, compile: bool = False) -> Backend:
     name = resolve_backend_name(model, backend)
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    if compile and name != "torch":
+        raise ValueError(f"compile applies to the torch backend only, not {name!r}")
     module_name, class_name = BACKENDS[name].split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise RuntimeError(f"backend {name!r} is not available here: {exc}") from exc
-    return getattr(module, class_name)(model, device=device, precision=precision)
+    options = {"compile": True} if compile else {}
+    return getattr(module, class_name)(model, device=device, precision=precision, **options)

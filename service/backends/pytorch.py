@@ -5,6 +5,10 @@ requested precision (fp16/bf16 halve memory traffic on tensor-core GPUs), activa
 channels_last (what cuDNN's fastest conv kernels want), cudnn.benchmark picks kernels per input
 shape (our shapes are a few fixed buckets, warmed up at start), and the upload is uint8 with
 normalisation and argmax on the device, so only 1 byte per pixel crosses PCIe each way.
+On CUDA the network is first rewritten by `model.fast.optimize_for_inference` (BN folded, fused
+conv + bias + residual + ReLU, Triton depthwise and resize kernels) and whole-image inference
+ends in the fused upsample + argmax kernel, which never writes full-resolution logits; with
+`compile` the rewritten network also goes through `torch.compile` (batch dimension dynamic).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import numpy as np
 import torch
 
 from model import load_model
+from model.fast import optimize_for_inference
 from model.inference import slide_logits
+from model.kernels import upsample_argmax
 from model.preprocess import normalize
 from service.backends.base import Backend
 
@@ -23,20 +29,24 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model=None, device="cpu", precision="fp32", net: torch.nn.Module | None = None):
+    def __init__(self, model=None, device="cpu", precision="fp32", net: torch.nn.Module | None = None, compile: bool = False):
         """``net``: an already built network to serve instead of loading ``model``."""
         super().__init__(model, device, precision)
         self.net = net
+        self.compile = compile
 
     def load(self):
         self._device = torch.device(self.device)
         self._dtype = _DTYPES[self.precision]
         if self.net is None:
             self.net = load_model(self.model, device=str(self._device))
-        self.net = self.net.to(self._device, self._dtype, memory_format=torch.channels_last).eval()
+        self.config = self.net.config
         if self._device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.config = self.net.config
+            self.net = optimize_for_inference(self.net.to(self._device))
+        self.net = self.net.to(self._device, self._dtype, memory_format=torch.channels_last).eval()
+        # dynamic=True: one graph for every batch size and bucket, compiled during warm-up
+        self._labels = torch.compile(self._whole_labels, dynamic=True) if self.compile else self._whole_labels
         return self.config
 
     @torch.inference_mode()
@@ -47,9 +57,14 @@ class TorchBackend(Backend):
         x = normalize(x.to(self._device, non_blocking=True), self.config)
         x = x.to(self._dtype).contiguous(memory_format=torch.channels_last)
         cfg = self.config
-        logits = slide_logits(self.net, x, cfg.slide_crop, cfg.slide_stride) if cfg.inference == "slide" else self.net(x)
-        labels = logits.argmax(dim=1).to(torch.uint8)
+        if cfg.inference == "slide":
+            labels = slide_logits(self.net, x, cfg.slide_crop, cfg.slide_stride).argmax(dim=1).to(torch.uint8)
+        else:
+            labels = self._labels(x)
         return labels.cpu().numpy()
+
+    def _whole_labels(self, x: torch.Tensor) -> torch.Tensor:
+        return upsample_argmax(self.net.decode(x), x.shape[2:], self.config.head.align_corners)
 
     def describe(self) -> dict:
         return {"torch": torch.__version__, "meta": getattr(self.net, "meta", {})}
