@@ -9,7 +9,7 @@ fraction of it; with ``--model-bench`` also as a fraction of ``bench.model_bench
 nearest batch size.
 
     python -m service &                       # or let --serve start one
-    python -m bench.load --concurrency 1 4 16 --duration 20
+    python -m bench.load --concurrency 1 4 16 --rate 50 --duration 20
     python -m bench.load --serve "--device cuda --precision fp16 --max-batch-size 16" \\
         --concurrency 1 8 32 64 --processes 4 --model-bench bench/results/model_bench_....json
 
