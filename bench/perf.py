@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import copy
 import datetime
+import functools
 import json
 import statistics
 import sys
@@ -79,13 +80,16 @@ def check_kernel() -> list[dict]:
             rows.append({"shape": [n, c, h, w], "align_corners": ac, "layout": layout,
                          "agreement": (got == ref).float().mean().item()})  # fmt: skip
             print("kernel check", rows[-1], flush=True)
-    for d in (1, 12, 36):  # the ASPP's depthwise shape at 1024x2048, fp16 channels-last
-        x = torch.randn(2, 2048, 128, 256, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
-        w, b = torch.randn(2048, 1, 3, 3, device="cuda", dtype=torch.float16), torch.randn(2048, device="cuda", dtype=torch.float16)
+    half = {"device": "cuda", "dtype": torch.float16}
+    x = torch.randn(2, 2048, 128, 256, **half).contiguous(memory_format=torch.channels_last)  # the ASPP's input
+    w, b = torch.randn(2048, 1, 3, 3, **half), torch.randn(2048, **half)
+    for d in (1, 12, 36):
         got, ref = depthwise3x3_relu(x, w, b, d).float(), depthwise3x3_reference(x.float(), w.float(), b.float(), d)
+        ours = time_forward(functools.partial(depthwise3x3_relu, weight=w, bias=b, dilation=d), x, 20)
+        cudnn = time_forward(functools.partial(depthwise3x3_reference, weight=w, bias=b, dilation=d), x, 20)
         rows.append({"kernel": "depthwise3x3_relu", "dilation": d, "max_abs_err": (got - ref).abs().max().item(),
-                     "ms_per_image": round(statistics.median(time_forward(lambda t: depthwise3x3_relu(t, w, b, d), x, 20)) / 2, 3),
-                     "cudnn_ms_per_image": round(statistics.median(time_forward(lambda t: depthwise3x3_reference(t, w, b, d), x, 20)) / 2, 3)})  # fmt: skip
+                     "ms_per_image": round(statistics.median(ours) / 2, 3),
+                     "cudnn_ms_per_image": round(statistics.median(cudnn) / 2, 3)})  # fmt: skip
         print("kernel check", rows[-1], flush=True)
     return rows
 
@@ -108,7 +112,8 @@ def time_forward(fn, x: torch.Tensor, iters: int) -> list[float]:
 
 def profile(fn, x: torch.Tensor, title: str, top: int = 15) -> None:
     """Top GPU kernels, then the PyTorch ops (with input shapes) that launched them."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     fn(x)
     torch.cuda.synchronize()

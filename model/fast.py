@@ -47,7 +47,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     for parent in module.modules():
         children = dict(parent.named_children())
         if isinstance(parent, nn.Sequential):
-            pairs = [(a, b) for a, b in zip(children, list(children)[1:])]
+            pairs = list(zip(list(children)[:-1], list(children)[1:], strict=True))
         else:
             pairs = [(n, n.replace("conv", "bn")) for n in children if n.startswith("conv") and n != "conv_seg"]
         for conv_name, bn_name in pairs:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from service import codec
-from service.errors import BadDimensions, CorruptImage, EmptyBody, ImageTooLarge, UnsupportedMediaType
+from service.errors import CorruptImage, EmptyBody, ImageTooLarge, UnsupportedMediaType
 
 PALETTE = [(128, 128, 128), (128, 0, 0), (0, 0, 255)]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import randomize
+
 from model import build_model, get_config
 from model.fast import FusedDepthwise, fold_batchnorm, optimize_for_inference
 

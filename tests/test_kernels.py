@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.kernels import depthwise3x3_reference, depthwise3x3_relu, resize_concat, triton, upsample_argmax, upsample_argmax_reference
+from model.kernels import (
+    depthwise3x3_reference,
+    depthwise3x3_relu,
+    resize_concat,
+    triton,
+    upsample_argmax,
+    upsample_argmax_reference,
+)
 
 needs_gpu = pytest.mark.skipif(
     triton is None or not torch.cuda.is_available(), reason="needs a CUDA GPU and Triton (run on the GPU box)"
