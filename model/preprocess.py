@@ -17,9 +17,13 @@ from PIL import Image, ImageOps
 from .configs import ModelConfig
 
 
+ORIENTATION = 0x0112  # the EXIF tag
+
+
 def to_rgb(image: Image.Image) -> np.ndarray:
     """HxWx3 uint8 RGB from any PIL mode, upright per EXIF (as cv2.imread shows it)."""
-    image = ImageOps.exif_transpose(image)
+    if image.getexif().get(ORIENTATION, 1) != 1:  # exif_transpose copies even when upright (~8 ms at 2 Mpx)
+        image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit scans to 8 bits by their top byte, as cv2's IMREAD_COLOR does.
         arr = np.asarray(image, dtype=np.uint32) >> 8

@@ -57,3 +57,10 @@ def test_portrait_images_use_the_portrait_bucket():
 def test_absurd_aspect_ratio_is_refused():
     with pytest.raises(BadDimensions):
         CAMVID.prepare(np.zeros((1, 5000, 3), np.uint8))
+
+
+def test_right_margin_is_padded_and_the_image_kept():
+    rgb = np.full((360, 361, 3), 7, np.uint8)  # stays 361x360, bucket 384x360: a right margin only
+    p = CAMVID.prepare(rgb)
+    assert (p.resized, p.bucket) == ((361, 360), (384, 360))
+    assert (p.pixels[:, :361] == 7).all() and (p.pixels[:, 361:] == [124, 116, 104]).all()
