@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .heads import ConvModule, DepthwiseSeparableASPPHead
-from .kernels import depthwise3x3_relu, resize_concat
+from .kernels import depthwise3x3_relu, resize_concat, upsample_argmax
 from .network import DeepLabV3Plus
 from .resnet import BasicBlock, Bottleneck
 
@@ -148,11 +148,17 @@ class FastASPPHead(DepthwiseSeparableASPPHead):
         return self.conv_seg(out)
 
 
-def optimize_for_inference(net: DeepLabV3Plus, fuse: bool = True) -> DeepLabV3Plus:
-    """A copy with BN folded, the fast decode head and (with `fuse`) conv + bias + residual + ReLU
-    fused; eval only."""
+def optimize_for_inference(net: DeepLabV3Plus) -> DeepLabV3Plus:
+    """A copy with BN folded, the fast decode head and conv + bias + residual + ReLU fused; eval
+    only (the head's dropout is skipped)."""
     fast = copy.deepcopy(net).eval()
     fast.auxiliary_head = None
-    fast.decode_head.__class__ = FastASPPHead
+    fast.decode_head.__class__ = FastASPPHead  # same modules and weights, only forward differs
     fold_batchnorm(fast)
-    return fuse_activations(fast) if fuse else fast
+    return fuse_activations(fast)
+
+
+def whole_image_labels(net: DeepLabV3Plus, x: torch.Tensor) -> torch.Tensor:
+    """uint8 labels at x's size: 1/4-resolution logits, then the fused upsample + argmax (on
+    CUDA never writing full-resolution logits)."""
+    return upsample_argmax(net.decode(x), x.shape[2:], net.config.head.align_corners)

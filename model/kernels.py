@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .heads import resize
+
 try:
     import triton
     import triton.language as tl
@@ -19,8 +21,7 @@ except ImportError:  # CPU-only installs: the PyTorch path below is used
 
 
 def upsample_argmax_reference(logits: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
-    up = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=align_corners)
-    return up.argmax(dim=1).to(torch.uint8)
+    return resize(logits.float(), size, align_corners).argmax(dim=1).to(torch.uint8)
 
 
 if triton is not None:
@@ -177,8 +178,7 @@ def resize_concat(x: torch.Tensor, skip: torch.Tensor, align_corners: bool) -> t
     """`cat([resize(x, skip's size), skip], dim=1)` without materialising the resized `x`: on
     CUDA the resize writes straight into its channel slice of the concatenated buffer."""
     if triton is None or not x.is_cuda or x.stride(1) != 1:
-        up = F.interpolate(x, size=skip.shape[2:], mode="bilinear", align_corners=align_corners)
-        return torch.cat([up, skip], dim=1)
+        return torch.cat([resize(x, skip.shape[2:], align_corners), skip], dim=1)
     n, c, h_in, w_in = x.shape
     h_out, w_out = skip.shape[2:]
     out = torch.empty((n, c + skip.shape[1], h_out, w_out), dtype=x.dtype, device=x.device,

@@ -8,18 +8,20 @@ normalisation and argmax on the device, so only 1 byte per pixel crosses PCIe ea
 On CUDA the network is first rewritten by `model.fast.optimize_for_inference` (BN folded, fused
 conv + bias + residual + ReLU, Triton depthwise and resize kernels) and whole-image inference
 ends in the fused upsample + argmax kernel, which never writes full-resolution logits; with
-`compile` the rewritten network also goes through `torch.compile` (batch dimension dynamic).
+`compile` the rewritten network also goes through `torch.compile` (dynamic shapes: one graph
+for every batch size and bucket).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
 
 from model import load_model
-from model.fast import optimize_for_inference
+from model.fast import optimize_for_inference, whole_image_labels
 from model.inference import slide_logits
-from model.kernels import upsample_argmax
 from model.preprocess import normalize
 from service.backends.base import Backend
 
@@ -45,8 +47,8 @@ class TorchBackend(Backend):
             torch.backends.cudnn.benchmark = True
             self.net = optimize_for_inference(self.net.to(self._device))
         self.net = self.net.to(self._device, self._dtype, memory_format=torch.channels_last).eval()
-        # dynamic=True: one graph for every batch size and bucket, compiled during warm-up
-        self._labels = torch.compile(self._whole_labels, dynamic=True) if self.compile else self._whole_labels
+        labels = functools.partial(whole_image_labels, self.net)
+        self._labels = torch.compile(labels, dynamic=True) if self.compile else labels  # compiled in warm-up
         return self.config
 
     @torch.inference_mode()
@@ -62,9 +64,6 @@ class TorchBackend(Backend):
         else:
             labels = self._labels(x)
         return labels.cpu().numpy()
-
-    def _whole_labels(self, x: torch.Tensor) -> torch.Tensor:
-        return upsample_argmax(self.net.decode(x), x.shape[2:], self.config.head.align_corners)
 
     def describe(self) -> dict:
         return {"torch": torch.__version__, "meta": getattr(self.net, "meta", {})}
