@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--processes", type=int, default=1, help="client processes")
     ap.add_argument("--images", type=Path, default=None, help="JPEG folder (default: CamVid val)")
     ap.add_argument("--max-images", type=int, default=64)
-    ap.add_argument("--format", default="png", choices=["png", "json", "overlay"])
+    ap.add_argument("--format", default="png", choices=["png", "raw", "json", "overlay"])
     ap.add_argument("--model-bench", type=Path, help="bench.model_bench JSON of the same backend, for the fraction")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)

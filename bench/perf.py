@@ -3,8 +3,8 @@
     python -m bench.perf [--configs R-50-D8 ...] [--batches 1 4 8 16] [--profile] [--compile]
 
 For each backbone: eager fp32 (TF32) at batch 1 (the reference), then the optimized network
-(`model.fast`: BN folded, atrous separable convs on sub-grids) in fp16 channels_last at each batch,
-plus its label agreement with the fp32 reference. Prints a table, writes one JSON object per
+(`model.fast`) in fp16 channels_last at each batch, launched eagerly and replayed as a CUDA graph
+(as the service runs it), plus its label agreement with the fp32 reference. Prints a table, writes one JSON object per
 measurement to bench/results/perf_<gpu>.json; `--profile R-50-D8` prints the top CUDA kernels of
 that backbone at batch 1 before and after.
 """
@@ -28,6 +28,7 @@ import torch
 from model import build_model, get_config
 from model.fast import optimize_for_inference, whole_image_labels
 from model.kernels import depthwise3x3_reference, depthwise3x3_relu, upsample_argmax, upsample_argmax_reference
+from service.backends.cuda_graphs import ShapeGraphs
 
 CONFIGS = {
     "R-18-D8": "deeplabv3plus_r18-d8_4xb2-80k_cityscapes-512x1024",
@@ -223,6 +224,11 @@ def main(argv: list[str] | None = None) -> None:
                 xb = torch.randn(b, 3, H, W, device="cuda").half().contiguous(memory_format=torch.channels_last)
                 record(label, "torch-optimized", "fp16", b, time_forward(fast_labels, xb, args.iters),
                        agreement=round(agree, 5))  # fmt: skip
+                graphs = ShapeGraphs(fast_labels, xb.device)  # as the service replays it
+                graphs.capture(tuple(xb.shape), xb.dtype)
+                replay = graphs.graph(tuple(xb.shape)).replay
+                record(label, "torch-optimized-graph", "fp16", b, time_forward(lambda _: replay(), xb, args.iters))
+                del graphs
             if args.compile:
                 t0 = time.perf_counter()
                 compiled = torch.compile(fast_labels)

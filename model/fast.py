@@ -7,8 +7,9 @@
 - `FusedDepthwise`: the depthwise 3x3 convs of the separable convs (+ bias + ReLU) as one Triton
   pass (`model.kernels.depthwise3x3_relu`); cuDNN runs the ASPP's dilated ones (2048 channels,
   dilation 12/24/36) with a slow grouped-direct kernel, 3.3 ms each at 1024x2048 on an H100.
-- `FastASPPHead`: the image-pool branch broadcast instead of bilinearly resized from 1x1 (the
-  same values), and the decoder's resize + concat as one pass (`model.kernels.resize_concat`).
+- `FastASPPHead`: the image-pool branch's share of the bottleneck conv computed on a 3x3 map
+  instead of over a broadcast full-size map, and the decoder's resize + concat as one pass
+  (`model.kernels.resize_concat`).
 All are exact up to float summation order; `tests/test_fast.py` checks them against the original.
 """
 
@@ -133,17 +134,48 @@ def fuse_activations(module: nn.Module) -> nn.Module:
     return module
 
 
+def _constant_map_conv(value: torch.Tensor, weight: torch.Tensor, size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """conv3x3 (zero padding 1) of the N x C x 1 x 1 ``value`` broadcast to ``size``, in ``like``'s
+    layout. Its result depends only on whether a pixel is on the first or last row or column, so
+    it is computed on an (at most) 3 x 3 map and spread over the 9 border/interior regions."""
+    h, w = size
+    small = F.conv2d(value.expand(-1, -1, min(h, 3), min(w, 3)), weight, padding=1)
+    out = torch.empty((value.shape[0], weight.shape[0], h, w), dtype=small.dtype, device=small.device)
+    if like.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+
+    def regions(n: int) -> list[tuple[slice, int]]:  # (output slice, row/column of `small`)
+        return [(slice(0, 1), 0)] + ([(slice(1, n - 1), 1)] if n > 2 else []) + ([(slice(n - 1, n), min(n, 3) - 1)] if n > 1 else [])
+
+    for rows, sy in regions(h):
+        for cols, sx in regions(w):
+            out[:, :, rows, cols] = small[:, :, sy : sy + 1, sx : sx + 1]
+    return out
+
+
 class FastASPPHead(DepthwiseSeparableASPPHead):
-    """The decode head with fewer passes over its largest tensors; same weights, same function."""
+    """The decode head with fewer passes over its largest tensors; same weights, same function.
+
+    The image-pool branch is one value per image and channel, broadcast over the map; its share of
+    the 3x3 bottleneck conv (a fifth of the head's largest conv) is computed on a 3 x 3 map by
+    `_constant_map_conv` and enters the bottleneck as its residual, so the broadcast map is never
+    built or concatenated. The decoder's resize + concat is one pass (`resize_concat`)."""
+
+    @classmethod
+    def adopt(cls, head: DepthwiseSeparableASPPHead) -> FastASPPHead:
+        """Turn a folded and fused head into this class in place: the bottleneck's weights for
+        the image-pool channels (the first `channels` inputs) move to `pool_weight`."""
+        head.__class__ = cls
+        weight = head.bottleneck.weight.data
+        pool_channels = head.image_pool[-1].weight.shape[0]
+        head.pool_weight = nn.Parameter(weight[:, :pool_channels].clone(), requires_grad=False)
+        head.bottleneck.weight = nn.Parameter(weight[:, pool_channels:].clone(), requires_grad=False)
+        return head
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[3]
-        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        # materialised in x's layout: a stride-0 or NCHW input sends torch.cat and the next conv
-        # down slow paths (a 1.5 ms cat and a 0.7 ms layout copy per 1024x2048 image)
-        outs = [self.image_pool(x).expand(-1, -1, *x.shape[2:]).contiguous(memory_format=layout)]
-        outs.extend(m(x) for m in self.aspp_modules)
-        out = self.bottleneck(torch.cat(outs, dim=1))
+        pool = _constant_map_conv(self.image_pool(x), self.pool_weight, x.shape[2:], x)
+        out = self.bottleneck(torch.cat([m(x) for m in self.aspp_modules], dim=1), residual=pool)
         out = self.sep_bottleneck(resize_concat(out, self.c1_bottleneck(feats[0]), self.align_corners))
         return self.conv_seg(out)
 
@@ -153,9 +185,9 @@ def optimize_for_inference(net: DeepLabV3Plus) -> DeepLabV3Plus:
     only (the head's dropout is skipped)."""
     fast = copy.deepcopy(net).eval()
     fast.auxiliary_head = None
-    fast.decode_head.__class__ = FastASPPHead  # same modules and weights, only forward differs
-    fold_batchnorm(fast)
-    return fuse_activations(fast)
+    fuse_activations(fold_batchnorm(fast))
+    FastASPPHead.adopt(fast.decode_head)
+    return fast
 
 
 def whole_image_labels(net: DeepLabV3Plus, x: torch.Tensor) -> torch.Tensor:

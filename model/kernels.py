@@ -96,39 +96,60 @@ if triton is not None:
 
     @triton.autotune(
         configs=[
-            triton.Config({"BLOCK_P": p, "BLOCK_C": c}, num_warps=w)
-            for p, c, w in [(64, 64, 4), (32, 128, 4), (128, 32, 4), (64, 128, 8), (128, 64, 8), (16, 256, 4)]
+            triton.Config({"BLOCK_X": x, "BLOCK_C": c, "ROWS": r}, num_warps=w)
+            for x, c, r, w in [(64, 64, 8, 8), (128, 32, 8, 8), (32, 64, 8, 4), (64, 32, 16, 4)]
         ],
         key=["H", "W", "C", "DIL"],
     )  # tuned once per shape, during the service's warm-up
     @triton.jit
     def _depthwise3x3_relu_kernel(
         src, weight, bias, dst, H, W, C, DIL,
-        s_n, s_h, s_w, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+        s_n, s_h, s_w, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr,
     ):  # fmt: skip
-        """One block of pixels x channels of a channels-last tensor; 9 taps, fp32 accumulation."""
-        n = tl.program_id(2)
-        p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-        p_mask = p < H * W
-        c_mask = c < C
-        oy = p // W
-        ox = p % W
-        base = src + n * s_n
-        acc = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
-        for ky in tl.static_range(3):
-            iy = oy + (ky - 1) * DIL
-            for kx in tl.static_range(3):
-                ix = ox + (kx - 1) * DIL
-                ok = p_mask & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-                ptr = base + (iy * s_h + ix * s_w)[:, None] + c[None, :]
-                v = tl.load(ptr, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
-                w = tl.load(weight + c * 9 + ky * 3 + kx, mask=c_mask, other=0.0).to(tl.float32)
-                acc += v * w[None, :]
-        acc += tl.load(bias + c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
-        acc = tl.maximum(acc, 0.0)
-        out = dst + n * H * W * C + p[:, None] * C + c[None, :]
-        tl.store(out, acc.to(dst.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
+        """ROWS output rows spaced DIL apart (y0, y0 + DIL, ...) of one x-tile x channel-tile of a
+        channels-last tensor. Output row y needs input rows y - DIL, y, y + DIL, so walking down
+        the rows DIL at a time loads each input row once (ROWS + 2 loads for ROWS rows, instead
+        of 3 per row) and keeps two partial sums: the row above's and this row's."""
+        residue = tl.program_id(0) % DIL
+        y_first = residue + (tl.program_id(0) // DIL) * ROWS * DIL
+        x_tiles = tl.cdiv(W, BLOCK_X)
+        xs = (tl.program_id(1) % x_tiles) * BLOCK_X + tl.arange(0, BLOCK_X)
+        cs = (tl.program_id(1) // x_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
+        n = tl.program_id(2).to(tl.int64)  # batch offsets pass 2**31 elements at batch 16+
+        c_ok = cs < C
+        left_ok = (xs >= DIL) & (xs - DIL < W)
+        mid_ok = xs < W
+        right_ok = xs + DIL < W
+        taps = weight + cs * 9
+        w00 = tl.load(taps + 0, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        w01 = tl.load(taps + 1, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        w02 = tl.load(taps + 2, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        w10 = tl.load(taps + 3, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        w11 = tl.load(taps + 4, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        w12 = tl.load(taps + 5, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        w20 = tl.load(taps + 6, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        w21 = tl.load(taps + 7, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        w22 = tl.load(taps + 8, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        b = tl.load(bias + cs, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        above = tl.zeros([BLOCK_X, BLOCK_C], tl.float32)  # partial sum of output row y_in - DIL
+        here = tl.zeros([BLOCK_X, BLOCK_C], tl.float32)  # partial sum of output row y_in
+        base = src + n * s_n + cs[None, :]
+        out_base = dst + n * H * W * C + cs[None, :]
+        for i in tl.static_range(ROWS + 2):
+            y_in = y_first + (i - 1) * DIL
+            row_ok = (y_in >= 0) & (y_in < H)
+            row = base + y_in * s_h
+            v_l = tl.load(row + ((xs - DIL) * s_w)[:, None], mask=(row_ok & left_ok)[:, None] & c_ok[None, :], other=0.0)
+            v_m = tl.load(row + (xs * s_w)[:, None], mask=(row_ok & mid_ok)[:, None] & c_ok[None, :], other=0.0)
+            v_r = tl.load(row + ((xs + DIL) * s_w)[:, None], mask=(row_ok & right_ok)[:, None] & c_ok[None, :], other=0.0)
+            v_l, v_m, v_r = v_l.to(tl.float32), v_m.to(tl.float32), v_r.to(tl.float32)
+            if i >= 2:  # row y_in - DIL now has all three of its input rows
+                y_out = y_in - DIL
+                out = tl.maximum(above + w20 * v_l + w21 * v_m + w22 * v_r + b, 0.0)
+                ok = ((y_out < H) & mid_ok)[:, None] & c_ok[None, :]
+                tl.store(out_base + (y_out * W + xs)[:, None] * C, out.to(dst.dtype.element_ty), mask=ok)
+            above = here + w10 * v_l + w11 * v_m + w12 * v_r
+            here = w00 * v_l + w01 * v_m + w02 * v_r
 
 
 def depthwise3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -141,7 +162,8 @@ def depthwise3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     out = torch.empty_like(x, memory_format=torch.channels_last)
 
     def grid(meta):
-        return triton.cdiv(h * w, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]), n
+        row_groups = dilation * triton.cdiv(triton.cdiv(h, dilation), meta["ROWS"])
+        return row_groups, triton.cdiv(w, meta["BLOCK_X"]) * triton.cdiv(c, meta["BLOCK_C"]), n
 
     _depthwise3x3_relu_kernel[grid](
         x, weight.contiguous(), bias, out, h, w, c, dilation, x.stride(0), x.stride(2), x.stride(3)

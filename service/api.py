@@ -76,8 +76,14 @@ _IMAGE_BODY = {
 _SEGMENT_RESPONSES = {
     200: {
         "description": "format=png: palette PNG label map (pixel = class index) at the original size; "
+        "format=raw: the same labels as height x width bytes, row-major (size in X-Height / X-Width); "
         "format=overlay: JPEG blend; format=json: class statistics",
-        "content": {"image/png": {}, "image/jpeg": {}, "application/json": {"schema": {"$ref": "#/components/schemas/SegmentJSON"}}},
+        "content": {
+            "image/png": {},
+            "application/octet-stream": {},
+            "image/jpeg": {},
+            "application/json": {"schema": {"$ref": "#/components/schemas/SegmentJSON"}},
+        },
         "model": SegmentJSON,
     },
     400: {"model": ErrorBody, "description": "empty body, corrupt or truncated image, bad multipart"},
@@ -156,7 +162,9 @@ async def _segment_unless_disconnected(request: Request, runtime: Runtime, data:
 )
 async def segment(
     request: Request,
-    format: Literal["png", "json", "overlay"] = Query("png", description="png label map, json statistics, or overlay JPEG"),
+    format: Literal["png", "raw", "json", "overlay"] = Query(
+        "png", description="png label map, raw label bytes (no encoding cost), json statistics, or overlay JPEG"
+    ),
     mask: Literal["none", "rle"] = Query("none", description="format=json only: include the label map run-length encoded"),
 ) -> Response:
     runtime = runtime_of(request)
@@ -198,6 +206,10 @@ async def _render(runtime: Runtime, result: Segmentation, fmt: str, mask: str, s
     palette = cfg.dataset.palette
     if fmt == "png":
         response = Response(await runtime.encode(codec.encode_label_png, result.labels, palette), media_type="image/png")
+    elif fmt == "raw":
+        labels = result.labels
+        response = Response(labels.tobytes(), media_type="application/octet-stream")
+        response.headers.update({"X-Height": str(labels.shape[0]), "X-Width": str(labels.shape[1])})
     elif fmt == "overlay":
         response = Response(await runtime.encode(codec.encode_overlay_jpeg, result.rgb, result.labels, palette), media_type="image/jpeg")
     else:

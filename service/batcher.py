@@ -5,8 +5,10 @@ Semantics follow Triton's dynamic batcher / Ray Serve's ``@serve.batch``: a batc
 has waited ``max_delay_s``. The queue holds at most ``capacity`` items (more -> ``QueueFull``); an
 item still queued ``timeout_s`` after it arrived is removed and its caller gets ``QueueTimeout``; a
 caller that is cancelled (client gone) while queued is removed and never computed. Inference runs
-in a dedicated thread so the event loop keeps serving; if a batch raises, its items are retried one
-by one so that one bad item fails only its own request.
+in dedicated threads so the event loop keeps serving: up to ``concurrency`` batches at once (a GPU
+backend stages one batch while the other runs); the next batch is formed only when a thread is
+free, so waiting items keep joining it. If a batch raises, its items are retried one by one so
+that one bad item fails only its own request.
 
 Knows nothing about HTTP or torch: ``run_batch`` is any ``list -> list`` callable.
 """
@@ -53,6 +55,7 @@ class Batcher:
         capacity: int,
         timeout_s: float,
         on_batch: Callable[[int, float], None] | None = None,
+        concurrency: int = 1,
     ):
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -63,7 +66,9 @@ class Batcher:
         self._queues: dict[Hashable, deque[_Entry]] = {}
         self._depth = 0
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="inference")
+        self._free = asyncio.Semaphore(concurrency)  # inference threads not running a batch
+        self._running: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
 
     @property
@@ -78,6 +83,7 @@ class Batcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._running, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
     def check_capacity(self) -> None:
@@ -128,7 +134,19 @@ class Batcher:
         return None, due_in
 
     async def _dispatch_forever(self) -> None:
-        loop = asyncio.get_running_loop()
+        while True:
+            await self._free.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._free.release()
+                raise
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _next_batch(self) -> list[_Entry]:
+        """Wait until some group is full or due, then take up to ``max_batch_size`` of it."""
         while True:
             self._wakeup.clear()
             if not self._depth:
@@ -146,18 +164,27 @@ class Batcher:
             for entry in batch:
                 entry.started = True
             self._depth -= len(batch)
+            return batch
+
+    async def _run(self, batch: list[_Entry]) -> None:
+        """Run one batch on a free inference thread and resolve its callers' futures."""
+        try:
             start = time.perf_counter()
-            results = await loop.run_in_executor(self._executor, self._run_isolated, [e.item for e in batch])
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_isolated, [e.item for e in batch]
+            )
             inference_s = time.perf_counter() - start
-            if self._on_batch is not None:
-                self._on_batch(len(batch), inference_s)
-            for entry, result in zip(batch, results):
-                if entry.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    entry.future.set_exception(result)
-                else:
-                    entry.future.set_result(Outcome(result, len(batch), start - entry.enqueued, inference_s))
+        finally:
+            self._free.release()
+        if self._on_batch is not None:
+            self._on_batch(len(batch), inference_s)
+        for entry, result in zip(batch, results):
+            if entry.future.done():
+                continue
+            if isinstance(result, BaseException):
+                entry.future.set_exception(result)
+            else:
+                entry.future.set_result(Outcome(result, len(batch), start - entry.enqueued, inference_s))
 
     def _run_isolated(self, items: list[Any]) -> list[Any]:
         """Run a batch; if it fails, run its items one by one so only the culprit fails."""

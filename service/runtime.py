@@ -38,7 +38,7 @@ class Runtime:
         self.metrics = metrics
         self.lifecycle = Lifecycle()
         self.backend = backend or create_backend(
-            settings.model, settings.backend, settings.device, settings.precision, settings.compile
+            settings.model, settings.backend, settings.device, settings.precision, settings.compile, settings.cuda_graphs
         )
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="codec")
         self.config = None
@@ -71,6 +71,7 @@ class Runtime:
             capacity=s.queue_capacity,
             timeout_s=s.request_timeout_s,
             on_batch=self.metrics.observe_batch,
+            concurrency=self.backend.concurrent_batches,
         )
         self.batcher.start()
         self.metrics.track_queue(lambda: self.batcher.depth)
@@ -89,7 +90,7 @@ class Runtime:
         self.metrics.ready.set(0)
 
     def _run_batch(self, items: list[Prepared]) -> list[np.ndarray]:
-        return list(self.backend.infer(np.stack([p.pixels for p in items])))
+        return list(self.backend.infer_images([p.pixels for p in items]))
 
     def _decode(self, data: bytes) -> tuple[np.ndarray, Prepared]:
         rgb = codec.decode(data, self.settings.max_image_pixels)

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         description="torch backend on CUDA: torch.compile the optimized network during warm-up "
         "(tens of seconds; cached in TORCHINDUCTOR_CACHE_DIR across restarts)",
     )
+    cuda_graphs: bool = Field(
+        True,
+        description="torch backend on CUDA, whole-image models: capture each warmed-up batch shape as "
+        "a CUDA graph and replay it (one launch per batch instead of ~150)",
+    )
     max_batch_size: int = Field(8, ge=1, le=256)
     max_queue_delay_ms: float = Field(
         10.0, ge=0, description="longest a request waits for batch-mates before its batch runs"

@@ -114,6 +114,26 @@ def test_inference_runs_on_one_dedicated_thread_not_the_event_loop():
     assert len(rec.threads) == 1 and next(iter(rec.threads)).startswith("inference")
 
 
+def test_with_concurrency_two_two_batches_run_at_once_on_two_threads():
+    barrier = threading.Barrier(2, timeout=10)
+    threads = set()
+
+    def run_batch(items):
+        threads.add(threading.current_thread().name)
+        barrier.wait()  # passes only while another batch is running at the same time
+        return [f"result:{item}" for item in items]
+
+    async def main():
+        b = await started(make(run_batch, max_batch_size=2, max_delay_s=0, concurrency=2))
+        outcomes = await asyncio.gather(*(b.submit("k", i) for i in range(4)))
+        await b.stop()
+        return outcomes
+
+    outcomes = run(main())
+    assert [o.value for o in outcomes] == [f"result:{i}" for i in range(4)]
+    assert len(threads) == 2
+
+
 def test_full_queue_raises_queue_full():
     async def main():
         rec = Recorder(delay_s=0.3)

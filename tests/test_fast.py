@@ -16,13 +16,14 @@ from model.fast import FusedDepthwise, fold_batchnorm, optimize_for_inference
     "deeplabv3plus_r101-d16-mg124_4xb2-40k_cityscapes-512x1024",
 ])  # fmt: skip
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_optimized_network_equals_original(name, channels_last):
+@pytest.mark.parametrize("size", [(97, 131), (20, 9), (4, 33)])  # the last two: C5 maps of 3x2 / 2x2 and 1x5 / 1x3
+def test_optimized_network_equals_original(name, channels_last, size):
     net = build_model(get_config(name)).eval()
     net.load_state_dict(randomize(net.state_dict(), seed=4))
     fast = optimize_for_inference(net)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
     assert sum(isinstance(m, FusedDepthwise) for m in fast.modules()) == 5  # 3 in the ASPP, 2 in the decoder
-    x = torch.randn(2, 3, 97, 131)
+    x = torch.randn(2, 3, *size)
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)

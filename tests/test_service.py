@@ -163,6 +163,16 @@ def test_json_format_with_rle_mask(server, reference):
     assert "mask" not in post(server, image_bytes(rgb), fmt="json").json()
 
 
+def test_raw_format_is_the_label_bytes_row_major(server, reference):
+    rgb = scene(5, size=(200, 120))
+    r = post(server, image_bytes(rgb, "PNG"), fmt="raw")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    assert (r.headers["x-height"], r.headers["x-width"]) == ("120", "200")
+    raw = np.frombuffer(r.content, np.uint8).reshape(120, 200)
+    assert np.array_equal(raw, labels_of(post(server, image_bytes(rgb, "PNG"))))
+    assert len(np.unique(raw)) > 1
+
+
 def test_overlay_format(server):
     rgb = scene(4)
     r = post(server, image_bytes(rgb), fmt="overlay")
@@ -234,7 +244,7 @@ def test_openapi_describes_endpoints_and_errors(server):
     seg = spec["paths"]["/segment"]["post"]
     assert set(seg["requestBody"]["content"]) == {"multipart/form-data", "image/*"}
     assert {"200", "400", "413", "415", "422", "429", "503", "504"} <= set(seg["responses"])
-    assert set(seg["responses"]["200"]["content"]) == {"image/png", "image/jpeg", "application/json"}
+    assert set(seg["responses"]["200"]["content"]) == {"image/png", "application/octet-stream", "image/jpeg", "application/json"}
     assert {p["name"] for p in seg["parameters"]} == {"format", "mask"}
     for path in ("/v1/models", "/healthz", "/readyz", "/metrics"):
         assert "get" in spec["paths"][path]

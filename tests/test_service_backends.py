@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -79,20 +80,29 @@ def test_compile_is_refused_for_engines_other_than_torch():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU box)")
-@pytest.mark.parametrize("compile", [False, True])
-def test_cuda_backend_serves_the_optimized_network_with_the_same_labels(compile):
-    """On CUDA the backend runs model.fast's rewrite and the fused upsample + argmax kernel;
-    in fp32 its labels must be the CPU reference's (up to summation-order ties)."""
+@pytest.mark.parametrize(("compile", "cuda_graphs"), [(False, False), (False, True), (True, True)])
+def test_cuda_backend_serves_the_optimized_network_with_the_same_labels(compile, cuda_graphs):
+    """On CUDA the backend runs model.fast's rewrite and the fused upsample + argmax kernel,
+    replayed as a CUDA graph for warmed-up shapes; in fp32 its labels must be the CPU
+    reference's (up to summation-order ties), also for an uncaptured batch size and for two
+    threads calling at once (the batcher's two batches in flight)."""
     net = small_net(seed=5)
     images = np.stack([scene(i) for i in range(3)])
     cpu = TorchBackend(net=copy.deepcopy(net))
     cpu.load()
-    cuda = TorchBackend(net=copy.deepcopy(net), device="cuda", compile=compile)
-    cuda.load()
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in cuda.net.modules())
+    expected = cpu.infer(images)
     torch.backends.cudnn.allow_tf32 = False
     try:
-        assert (cuda.infer(images) == cpu.infer(images)).mean() > 0.999
-        assert (cuda.infer(images[:1]) == cpu.infer(images[:1])).mean() > 0.999  # another batch size
+        cuda = TorchBackend(net=copy.deepcopy(net), device="cuda", compile=compile, cuda_graphs=cuda_graphs)
+        cuda.load()
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in cuda.net.modules())
+        cuda.warm_up([(3, *images.shape[1:3])])
+        assert cuda.describe()["cuda_graphs"] == (1 if cuda_graphs else None)
+        assert cuda.concurrent_batches == (2 if cuda_graphs else 1)
+        assert (cuda.infer(images) == expected).mean() > 0.999
+        assert (cuda.infer(images[:1]) == expected[:1]).mean() > 0.999  # not captured: eager
+        with ThreadPoolExecutor(2) as pool:
+            forward, backward = pool.map(cuda.infer_images, [list(images), list(images[::-1])])
+        assert (forward == expected).mean() > 0.999 and (backward == expected[::-1]).mean() > 0.999
     finally:
         torch.backends.cudnn.allow_tf32 = True

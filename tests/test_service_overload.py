@@ -7,7 +7,6 @@ predictably on any machine."""
 from __future__ import annotations
 
 import copy
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 

@@ -47,7 +47,10 @@ def resolve_backend_name(model: str | None, backend: str = "auto") -> str:
     return _BY_EXTENSION.get(suffix, "torch")
 
 
-def create_backend(model: str | None, backend: str, device: str, precision: str, compile: bool = False) -> Backend:
+def create_backend(
+    model: str | None, backend: str, device: str, precision: str, compile: bool = False, cuda_graphs: bool = True
+) -> Backend:
+    """The backend for ``model``; ``compile`` and ``cuda_graphs`` are the torch backend's options."""
     name = resolve_backend_name(model, backend)
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
@@ -58,5 +61,5 @@ def create_backend(model: str | None, backend: str, device: str, precision: str,
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise RuntimeError(f"backend {name!r} is not available here: {exc}") from exc
-    options = {"compile": True} if compile else {}
+    options = {"compile": compile, "cuda_graphs": cuda_graphs} if name == "torch" else {}
     return getattr(module, class_name)(model, device=device, precision=precision, **options)

@@ -3,8 +3,8 @@
 A backend turns a dense batch of bucket-sized uint8 RGB images into uint8 label maps of the same
 height and width. Normalisation, precision, device placement and argmax all live inside the
 backend, so each engine can do them where it is fastest (e.g. on the GPU, copying back only the
-uint8 labels), and the service stays engine-agnostic. Backends are called from one inference
-thread at a time, never concurrently.
+uint8 labels), and the service stays engine-agnostic. Backends are called from at most
+``concurrent_batches`` inference threads at a time (1 unless the backend says otherwise).
 
 To add an engine (ONNX Runtime, TensorRT): subclass ``Backend``, implement ``load`` and ``infer``,
 and register the class path in ``service.backends.BACKENDS``.
@@ -13,7 +13,7 @@ and register the class path in ``service.backends.BACKENDS``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -21,6 +21,8 @@ import numpy as np
 class Backend(abc.ABC):
     #: registry name, shown in /v1/models and the ``deeplab_model_info`` metric
     name: str = "base"
+    #: how many batches the batcher may hand over at once, from that many threads (set by ``load``)
+    concurrent_batches: int = 1
 
     def __init__(self, model: str | None, device: str = "cpu", precision: str = "fp32"):
         self.model = model
@@ -35,6 +37,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """``N x H x W x 3`` uint8 RGB -> ``N x H x W`` uint8 class indices."""
+
+    def infer_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """``infer`` for a list of same-sized ``H x W x 3`` images (a backend may stage them
+        straight into its own input buffer instead of stacking first)."""
+        return self.infer(np.stack(images))
 
     def warm_up(self, shapes: Iterable[tuple[int, int, int]]) -> None:
         """Run one batch of each ``(n, height, width)`` so that lazy initialisation, memory pools

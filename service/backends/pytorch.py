@@ -9,12 +9,15 @@ On CUDA the network is first rewritten by `model.fast.optimize_for_inference` (B
 conv + bias + residual + ReLU, Triton depthwise and resize kernels) and whole-image inference
 ends in the fused upsample + argmax kernel, which never writes full-resolution logits; with
 `compile` the rewritten network also goes through `torch.compile` (dynamic shapes: one graph
-for every batch size and bucket).
+for every batch size and bucket). With `cuda_graphs` (the default on CUDA) every warmed-up batch
+shape is captured once and replayed (`service.backends.cuda_graphs`), and two batches may be in
+flight: one staged into pinned memory while the other runs.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -22,8 +25,9 @@ import torch
 from model import load_model
 from model.fast import optimize_for_inference, whole_image_labels
 from model.inference import slide_logits
-from model.preprocess import normalize
+from model.preprocess import normalizer
 from service.backends.base import Backend
+from service.backends.cuda_graphs import ShapeGraphs
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -31,11 +35,16 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model=None, device="cpu", precision="fp32", net: torch.nn.Module | None = None, compile: bool = False):
+    def __init__(
+        self, model=None, device="cpu", precision="fp32", net: torch.nn.Module | None = None,
+        compile: bool = False, cuda_graphs: bool = True,
+    ):  # fmt: skip
         """``net``: an already built network to serve instead of loading ``model``."""
         super().__init__(model, device, precision)
         self.net = net
         self.compile = compile
+        self.cuda_graphs = cuda_graphs
+        self._graphs: ShapeGraphs | None = None
 
     def load(self):
         self._device = torch.device(self.device)
@@ -47,23 +56,47 @@ class TorchBackend(Backend):
             torch.backends.cudnn.benchmark = True
             self.net = optimize_for_inference(self.net.to(self._device))
         self.net = self.net.to(self._device, self._dtype, memory_format=torch.channels_last).eval()
+        self._normalize = normalizer(self.config, self._device)
         labels = functools.partial(whole_image_labels, self.net)
         self._labels = torch.compile(labels, dynamic=True) if self.compile else labels  # compiled in warm-up
+        if self._device.type == "cuda" and self.cuda_graphs and self.config.inference == "whole":
+            self._graphs = ShapeGraphs(self._pixels_to_labels, self._device)
+            self.concurrent_batches = 2
         return self.config
+
+    def _pixels_to_labels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 N x H x W x 3 on the device -> uint8 N x H x W labels on the device."""
+        x = self._normalize(pixels).to(self._dtype).contiguous(memory_format=torch.channels_last)
+        cfg = self.config
+        if cfg.inference == "slide":
+            return slide_logits(self.net, x, cfg.slide_crop, cfg.slide_stride).argmax(dim=1).to(torch.uint8)
+        return self._labels(x)
+
+    def warm_up(self, shapes: Iterable[tuple[int, int, int]]) -> None:
+        if self._graphs is None:
+            return super().warm_up(shapes)
+        for n, height, width in shapes:
+            self._graphs.capture((n, height, width, 3), torch.uint8)
+
+    def infer_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        if self._graphs is None:
+            return super().infer_images(images)
+        host = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=True)
+        np.stack(images, out=host.numpy())  # the only host copy: straight into pinned memory
+        return self._graphs(host).numpy()
 
     @torch.inference_mode()
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        if self._graphs is not None:
+            return self.infer_images(batch)
         x = torch.from_numpy(batch)
         if self._device.type == "cuda":
             x = x.pin_memory()
-        x = normalize(x.to(self._device, non_blocking=True), self.config)
-        x = x.to(self._dtype).contiguous(memory_format=torch.channels_last)
-        cfg = self.config
-        if cfg.inference == "slide":
-            labels = slide_logits(self.net, x, cfg.slide_crop, cfg.slide_stride).argmax(dim=1).to(torch.uint8)
-        else:
-            labels = self._labels(x)
-        return labels.cpu().numpy()
+        return self._pixels_to_labels(x.to(self._device, non_blocking=True)).cpu().numpy()
 
     def describe(self) -> dict:
-        return {"torch": torch.__version__, "meta": getattr(self.net, "meta", {})}
+        return {
+            "torch": torch.__version__,
+            "cuda_graphs": None if self._graphs is None else len(self._graphs.shapes),
+            "meta": getattr(self.net, "meta", {}),
+        }
