@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .heads import ConvModule, DepthwiseSeparableASPPHead
-from .kernels import depthwise3x3_relu, resize_concat, upsample_argmax
+from .kernels import depthwise3x3_relu, resize_concat, spread_borders, upsample_argmax
 from .network import DeepLabV3Plus
 from .resnet import BasicBlock, Bottleneck
 
@@ -140,17 +140,10 @@ def _constant_map_conv(value: torch.Tensor, weight: torch.Tensor, size: tuple[in
     it is computed on an (at most) 3 x 3 map and spread over the 9 border/interior regions."""
     h, w = size
     small = F.conv2d(value.expand(-1, -1, min(h, 3), min(w, 3)), weight, padding=1)
-    out = torch.empty((value.shape[0], weight.shape[0], h, w), dtype=small.dtype, device=small.device)
+    out = spread_borders(small, size)
     if like.is_contiguous(memory_format=torch.channels_last):
-        out = out.contiguous(memory_format=torch.channels_last)
-
-    def regions(n: int) -> list[tuple[slice, int]]:  # (output slice, row/column of `small`)
-        return [(slice(0, 1), 0)] + ([(slice(1, n - 1), 1)] if n > 2 else []) + ([(slice(n - 1, n), min(n, 3) - 1)] if n > 1 else [])
-
-    for rows, sy in regions(h):
-        for cols, sx in regions(w):
-            out[:, :, rows, cols] = small[:, :, sy : sy + 1, sx : sx + 1]
-    return out
+        return out.contiguous(memory_format=torch.channels_last)
+    return out.contiguous()
 
 
 class FastASPPHead(DepthwiseSeparableASPPHead):

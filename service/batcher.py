@@ -6,9 +6,10 @@ has waited ``max_delay_s``. The queue holds at most ``capacity`` items (more -> 
 item still queued ``timeout_s`` after it arrived is removed and its caller gets ``QueueTimeout``; a
 caller that is cancelled (client gone) while queued is removed and never computed. Inference runs
 in dedicated threads so the event loop keeps serving: up to ``concurrency`` batches at once (a GPU
-backend stages one batch while the other runs); the next batch is formed only when a thread is
-free, so waiting items keep joining it. If a batch raises, its items are retried one by one so
-that one bad item fails only its own request.
+backend stages one batch while the other runs). While a batch is computing, the next one is
+dispatched only once full; a partial batch waits for the running one to finish (collecting the
+items that arrive meanwhile) instead of queueing a small batch on a busy GPU. If a batch raises,
+its items are retried one by one so that one bad item fails only its own request.
 
 Knows nothing about HTTP or torch: ``run_batch`` is any ``list -> list`` callable.
 """
@@ -69,6 +70,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="inference")
         self._free = asyncio.Semaphore(concurrency)  # inference threads not running a batch
         self._running: set[asyncio.Task] = set()
+        self._computing = 0  # batches handed to the inference threads and not yet returned
         self._task: asyncio.Task | None = None
 
     @property
@@ -122,16 +124,18 @@ class Batcher:
         entry.future.cancel()
         return True
 
-    def _next_key(self, now: float) -> tuple[Hashable | None, float]:
-        """The group to dispatch now (a full one first, else one whose oldest item is due),
-        or ``(None, seconds until the oldest item is due)``."""
+    def _next_key(self, now: float) -> tuple[Hashable | None, float | None]:
+        """The group to dispatch now (a full one first, else, with no batch computing, one whose
+        oldest item is due), or ``(None, seconds until the oldest item is due)``, or ``(None,
+        None)``: wait for an item or for the computing batch to finish."""
         full = [q for q in self._queues.values() if len(q) >= self.max_batch_size]
-        waiting = full or [q for q in self._queues.values() if q]
-        oldest = min(waiting, key=lambda q: q[0].enqueued)
+        if full:
+            return min(full, key=lambda q: q[0].enqueued)[0].key, 0.0
+        if self._computing:
+            return None, None
+        oldest = min((q for q in self._queues.values() if q), key=lambda q: q[0].enqueued)
         due_in = oldest[0].enqueued + self.max_delay_s - now
-        if full or due_in <= 0:
-            return oldest[0].key, 0.0
-        return None, due_in
+        return (oldest[0].key, 0.0) if due_in <= 0 else (None, due_in)
 
     async def _dispatch_forever(self) -> None:
         while True:
@@ -141,6 +145,7 @@ class Batcher:
             except BaseException:
                 self._free.release()
                 raise
+            self._computing += 1
             task = asyncio.get_running_loop().create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -175,7 +180,9 @@ class Batcher:
             )
             inference_s = time.perf_counter() - start
         finally:
+            self._computing -= 1
             self._free.release()
+            self._wakeup.set()  # a partial batch may have been waiting for this one
         if self._on_batch is not None:
             self._on_batch(len(batch), inference_s)
         for entry, result in zip(batch, results):

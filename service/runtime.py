@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -38,7 +39,7 @@ class Runtime:
         self.metrics = metrics
         self.lifecycle = Lifecycle()
         self.backend = backend or create_backend(
-            settings.model, settings.backend, settings.device, settings.precision, settings.compile, settings.cuda_graphs
+            settings.model, settings.backend, settings.device, settings.precision, settings.cuda_graphs
         )
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="codec")
         self.config = None
@@ -59,7 +60,9 @@ class Runtime:
 
     async def start(self) -> None:
         s = self.settings
+        started = time.perf_counter()
         self.config = await asyncio.to_thread(self.backend.load)
+        loaded = time.perf_counter()
         self.policy = InputPolicy.for_config(self.config)
         shapes = self.warm_up_shapes()
         log.info("warming up", extra={"shapes": len(shapes), "backend": self.backend.name})
@@ -78,7 +81,10 @@ class Runtime:
         self.metrics.describe_model(self.config, self.backend.name, str(self.backend.device), self.backend.precision)
         self.lifecycle.loaded = True
         self.metrics.ready.set(1)
-        log.info("ready", extra={"config": self.config.name, "backend": self.backend.name, "device": str(self.backend.device)})
+        log.info("ready", extra={
+            "config": self.config.name, "backend": self.backend.name, "device": str(self.backend.device),
+            "load_s": round(loaded - started, 2), "warm_up_s": round(time.perf_counter() - loaded, 2),
+        })  # fmt: skip
 
     async def stop(self) -> None:
         if self.batcher is not None:

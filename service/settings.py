@@ -29,11 +29,6 @@ class Settings(BaseSettings):
     )
     device: str = Field(default_factory=default_device, description="cpu, cuda or cuda:N")
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    compile: bool = Field(
-        False,
-        description="torch backend on CUDA: torch.compile the optimized network during warm-up "
-        "(tens of seconds; cached in TORCHINDUCTOR_CACHE_DIR across restarts)",
-    )
     cuda_graphs: bool = Field(
         True,
         description="torch backend on CUDA, whole-image models: capture each warmed-up batch shape as "

@@ -134,6 +134,33 @@ def test_with_concurrency_two_two_batches_run_at_once_on_two_threads():
     assert len(threads) == 2
 
 
+def test_while_a_batch_computes_a_partial_batch_waits_for_it_and_collects_new_arrivals():
+    release = threading.Event()
+    rec = Recorder()
+
+    def run_batch(items):
+        if 1 in items:
+            release.wait(10)  # the GPU is busy with the first batch
+        return rec(items)
+
+    async def main():
+        b = await started(make(run_batch, max_batch_size=4, max_delay_s=0, concurrency=2))
+        first = asyncio.ensure_future(b.submit("k", 1))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(b.submit("k", 2))]
+        await asyncio.sleep(0.1)  # item 2 is overdue, but a batch is computing: it waits
+        rest.append(asyncio.ensure_future(b.submit("k", 3)))
+        await asyncio.sleep(0.1)
+        release.set()
+        outcomes = await asyncio.gather(first, *rest)
+        await b.stop()
+        return outcomes
+
+    outcomes = run(main())
+    assert rec.batches == [[1], [2, 3]]
+    assert [o.batch_size for o in outcomes] == [1, 2, 2]
+
+
 def test_full_queue_raises_queue_full():
     async def main():
         rec = Recorder(delay_s=0.3)

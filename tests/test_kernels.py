@@ -1,4 +1,4 @@
-"""The fused upsample + argmax kernel against PyTorch (GPU only; the CPU path *is* PyTorch)."""
+"""The Triton kernels against PyTorch (GPU only; the CPU paths *are* the PyTorch references)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from model.kernels import (
     depthwise3x3_reference,
     depthwise3x3_relu,
     resize_concat,
+    spread_borders,
+    spread_borders_reference,
     triton,
     upsample_argmax,
     upsample_argmax_reference,
@@ -77,3 +79,19 @@ def test_triton_resize_concat_matches_pytorch(align_corners):
     got = resize_concat(x, skip, align_corners)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(got, _resize_concat_reference(x, skip, align_corners), atol=1e-5)
+
+
+def test_spread_borders_cpu_path_copies_first_middle_last_rows_and_columns():
+    small = torch.arange(2 * 3 * 3, dtype=torch.float32).view(1, 2, 3, 3)
+    out = spread_borders(small, (4, 5))
+    assert torch.equal(out[0, 1], torch.tensor([[9, 10, 10, 10, 11], [12, 13, 13, 13, 14], [12, 13, 13, 13, 14], [15, 16, 16, 16, 17]]).float())
+    assert torch.equal(spread_borders(small[:, :, :1, :2], (1, 2)), small[:, :, :1, :2])
+
+
+@needs_gpu
+@pytest.mark.parametrize("size", [(45, 77), (1, 9), (2, 1)])
+def test_triton_spread_borders_matches_the_region_copies(size):
+    small = torch.randn(2, 200, min(size[0], 3), min(size[1], 3), device="cuda", dtype=torch.float16)
+    got = spread_borders(small, size)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, spread_borders_reference(small, size))

@@ -48,18 +48,16 @@ def resolve_backend_name(model: str | None, backend: str = "auto") -> str:
 
 
 def create_backend(
-    model: str | None, backend: str, device: str, precision: str, compile: bool = False, cuda_graphs: bool = True
+    model: str | None, backend: str, device: str, precision: str, cuda_graphs: bool = True
 ) -> Backend:
-    """The backend for ``model``; ``compile`` and ``cuda_graphs`` are the torch backend's options."""
+    """The backend for ``model``; ``cuda_graphs`` is the torch backend's option."""
     name = resolve_backend_name(model, backend)
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
-    if compile and name != "torch":
-        raise ValueError(f"compile applies to the torch backend only, not {name!r}")
     module_name, class_name = BACKENDS[name].split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise RuntimeError(f"backend {name!r} is not available here: {exc}") from exc
-    options = {"compile": compile, "cuda_graphs": cuda_graphs} if name == "torch" else {}
+    options = {"cuda_graphs": cuda_graphs} if name == "torch" else {}
     return getattr(module, class_name)(model, device=device, precision=precision, **options)
