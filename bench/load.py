@@ -153,6 +153,25 @@ def run_level(url, images, concurrency, rate, duration, warmup, processes, fmt) 
     }
 
 
+def image_size(data: bytes) -> str:
+    """``"HxW"`` of an encoded image, from its header."""
+    from PIL import Image
+
+    w, h = Image.open(io.BytesIO(data)).size
+    return f"{h}x{w}"
+
+
+def measurement(row: dict, served: dict, hw: str, size: str, command: str) -> dict:
+    """One load level in the shared results schema of `bench.perf` (mode "e2e")."""
+    return {
+        "config": served["config"], "backend": served["backend"], "precision": served["precision"],
+        "batch": row["mean_batch_size"], "input": size, "mode": "e2e", "img_per_s": row["throughput_rps"],
+        "p50_ms": row["latency_ms"]["p50"], "p99_ms": row["latency_ms"]["p99"], "gpu": hw,
+        "torch": served["backend_details"].get("torch"), "date": datetime.date.today().isoformat(),
+        "command": command, "concurrency": row["concurrency"], "rate_rps": row["rate_rps"],
+    }  # fmt: skip
+
+
 def model_only_fraction(row: dict, model_bench: dict) -> dict | None:
     """End-to-end throughput over the backend-alone throughput at the nearest measured batch size."""
     if not row["mean_batch_size"]:
@@ -221,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
             proc.wait(timeout=120)
 
     hw = hardware(served["device"]) if served["device"].startswith("cuda") or url.startswith("http://127.0.0.1") else "remote"
+    command = "python -m bench.load " + shlex.join(sys.argv[1:])
     result = {
         "benchmark": "load",
         "hardware": hw,
@@ -234,9 +254,10 @@ def main(argv: list[str] | None = None) -> dict:
         "format": args.format,
         "client_processes": args.processes,
         "server_ready_s": ready_s,
-        "command": "python -m bench.load " + shlex.join(sys.argv[1:]),
+        "command": command,
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "rows": rows,
+        "measurements": [measurement(r, served, hw, image_size(images[0]), command) for r in rows],
     }
     print(f"\n{hw}: {served['config']} via HTTP, {served['backend']} {served['precision']} on {served['device']}, "
           f"max batch {served['batching']['max_batch_size']}, delay {served['batching']['max_queue_delay_ms']} ms")

@@ -1,6 +1,6 @@
 """Model-only GPU throughput of DeepLabV3+ variants at 1024x2048, before and after our rewrites.
 
-    python -m bench.perf [--configs R-50-D8 ...] [--batches 1 4 8 16] [--profile] [--compile]
+    python -m bench.perf [--configs R-50-D8 ...] [--batches 1 4 8 16] [--profile R-50-D8]
 
 For each backbone: eager fp32 (TF32) at batch 1 (the reference), then the optimized network
 (`model.fast`) in fp16 channels_last at each batch, launched eagerly and replayed as a CUDA graph
@@ -19,7 +19,6 @@ import functools
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +162,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--profile", nargs="*", default=[], help="backbones to profile at batch 1 and 8")
     p.add_argument("--agreement-images", type=Path, help="photos for the trained-model fp16 agreement check")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile of the optimized net")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.backends.cudnn.benchmark = True
@@ -229,15 +227,6 @@ def main(argv: list[str] | None = None) -> None:
                 replay = graphs.graph(tuple(xb.shape)).replay
                 record(label, "torch-optimized-graph", "fp16", b, time_forward(lambda _: replay(), xb, args.iters))
                 del graphs
-            if args.compile:
-                t0 = time.perf_counter()
-                compiled = torch.compile(fast_labels)
-                b = max(args.batches)
-                xb = torch.randn(b, 3, H, W, device="cuda").half().contiguous(memory_format=torch.channels_last)
-                compiled(xb)
-                torch.cuda.synchronize()
-                compile_s = round(time.perf_counter() - t0, 1)
-                record(label, "torch-optimized-compile", "fp16", b, time_forward(compiled, xb, args.iters), compile_s=compile_s)
         del net, fast, fast_labels
         torch.cuda.empty_cache()
     write()

@@ -4,7 +4,7 @@
 
 Columns: the seed table's fps and GPU, eager fp32 (TF32) at batch 1, eager fp16 channels_last at
 batch 8, ours model-only (best batch, `bench.perf`), ours end to end through `POST /segment`
-(best level, `bench.load`), and the fraction of the FLOP ceiling ours reaches (GFLOP per image
+(best closed-loop level, `bench.load`, and its share of model-only), open-loop latency, and the fraction of the FLOP ceiling ours reaches (GFLOP per image
 from `bench/results/flops.json` at the H100's measured 798 dense fp16 TFLOP/s).
 """
 
@@ -46,7 +46,7 @@ def table(perf: dict, e2e: dict, flops: list[dict]) -> str:
         eager16 = best(rows, arch=arch, backend="torch-eager", precision="fp16")
         ours = max((r for r in rows if r["arch"] == arch and r["backend"].startswith("torch-optimized")),
                    key=lambda r: r["img_per_s"], default=None)  # fmt: skip
-        ends = [m for m in e2e["measurements"] if m["config"] == name]
+        ends = [m for m in e2e["measurements"] if m["config"] == name and m.get("concurrency")]
         end = max(ends, key=lambda m: m["img_per_s"]) if ends else None
         g = gflops[arch]
         cells = [
@@ -57,10 +57,16 @@ def table(perf: dict, e2e: dict, flops: list[dict]) -> str:
             f"{eager16['img_per_s']}" if eager16 else "-",
             f"{ours['img_per_s']} ({ours['backend'].removeprefix('torch-')}, b{ours['batch']})"
             + (" *" if "before" in ours.get("code", "") else "") if ours else "-",
-            f"{end['img_per_s']} ({end['concurrency']} clients, p99 {end['p99_ms']} ms)" if end else "not measured",
+            f"{end['img_per_s']} ({end['concurrency']} clients, p99 {end['p99_ms']} ms; "
+            f"{end['img_per_s'] / ours['img_per_s']:.0%} of model-only)" if end and ours else "not measured",
             f"{ours['img_per_s'] * g / 1000 / PEAK_TFLOPS:.0%}" if ours else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [""] + [
+        f"Open loop, {m['rate_rps']:g} req/s offered (Poisson) to {m['config']}: {m['img_per_s']} img/s answered, "
+        f"p50 {m['p50_ms']} ms, p99 {m['p99_ms']} ms, mean batch {m['batch']}."
+        for m in e2e["measurements"] if m.get("rate_rps")
+    ]  # fmt: skip
     agree = perf.get("trained_model_agreement") or {}
     older = sorted({r["code"] for r in rows if "before" in r.get("code", "")})
     lines += ["", *(f"\\* measured at commit {c}" for c in older)] if older else []

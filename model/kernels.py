@@ -1,9 +1,11 @@
-"""Bilinear upsample + argmax in one GPU pass, never writing full-resolution logits.
+"""Triton kernels of the inference path; without Triton or a CUDA tensor each falls back to PyTorch.
 
-The decode head predicts C-class logits at 1/4 resolution; serving needs only the label of each
-full-resolution pixel. `F.interpolate(...).argmax(1)` writes and re-reads C x H x W logits (80 MB
-in fp16 for 19 classes at 1024x2048); the Triton kernel reads the 1/4-resolution logits and
-writes one byte per pixel. Without Triton or a CUDA tensor it falls back to PyTorch.
+- `upsample_argmax`: bilinear upsample + argmax in one pass. Serving needs only the label of each
+  full-resolution pixel; `F.interpolate(...).argmax(1)` writes and re-reads C x H x W logits (80 MB
+  in fp16 for 19 classes at 1024x2048), the kernel reads 1/4-resolution logits, writes 1 byte/pixel.
+- `depthwise3x3_relu`: the separable convs' depthwise 3x3 (+ bias + ReLU), any dilation.
+- `resize_concat`: the decoder's bilinear resize written straight into its concat buffer.
+- `spread_borders`: a 3x3 map spread over the border/interior regions of a full-size map.
 """
 
 from __future__ import annotations
@@ -94,30 +96,18 @@ def depthwise3x3_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 
 if triton is not None:
 
-    @triton.autotune(
-        configs=[
-            triton.Config({"BLOCK_X": x, "BLOCK_C": c, "ROWS": r, "C_FASTEST": f}, num_warps=w)
-            for x, c, r, w in [(64, 64, 8, 8), (128, 32, 8, 8), (32, 64, 8, 4), (64, 32, 16, 4)]
-            for f in (False, True)
-        ],
-        key=["H", "W", "C", "DIL"],
-    )  # tuned once per shape, during the service's warm-up
     @triton.jit
     def _depthwise3x3_relu_kernel(
         src, weight, bias, dst, H, W, C, DIL,
-        s_n, s_h, s_w, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr, C_FASTEST: tl.constexpr,
+        s_n, s_h, s_w, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr,
     ):  # fmt: skip
         """ROWS output rows spaced DIL apart (y0, y0 + DIL, ...) of one x-tile x channel-tile of a
         channels-last tensor. Output row y needs input rows y - DIL, y, y + DIL, so walking down
         the rows DIL at a time loads each input row once (ROWS + 2 loads for ROWS rows, instead
         of 3 per row) and keeps two partial sums: the row above's and this row's."""
         x_tiles, c_tiles = tl.cdiv(W, BLOCK_X), tl.cdiv(C, BLOCK_C)
-        row_groups = DIL * tl.cdiv(tl.cdiv(H, DIL), ROWS)
-        pid = tl.program_id(0)
-        if C_FASTEST:  # neighbouring programs read neighbouring channels of the same pixels
-            c_tile, x_tile, group = pid % c_tiles, (pid // c_tiles) % x_tiles, pid // (c_tiles * x_tiles)
-        else:
-            group, x_tile, c_tile = pid % row_groups, (pid // row_groups) % x_tiles, pid // (row_groups * x_tiles)
+        pid = tl.program_id(0)  # neighbouring programs: neighbouring channels of the same pixels
+        c_tile, x_tile, group = pid % c_tiles, (pid // c_tiles) % x_tiles, pid // (c_tiles * x_tiles)
         y_first = group % DIL + (group // DIL) * ROWS * DIL
         xs = x_tile * BLOCK_X + tl.arange(0, BLOCK_X)
         cs = c_tile * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -166,13 +156,14 @@ def depthwise3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     if triton is None or not x.is_cuda or x.stride(1) != 1:
         return depthwise3x3_reference(x, weight, bias, dilation)
     out = torch.empty_like(x, memory_format=torch.channels_last)
-
-    def grid(meta):
-        row_groups = dilation * triton.cdiv(triton.cdiv(h, dilation), meta["ROWS"])
-        return row_groups * triton.cdiv(w, meta["BLOCK_X"]) * triton.cdiv(c, meta["BLOCK_C"]), n
-
+    # One fixed tiling: tuning it per shape (Triton's autotune over 8 tilings) was within a few per
+    # cent of it and cost ~5 s of start-up for every new bucket.
+    block_x, block_c, rows = 64, 64, 8
+    row_groups = dilation * triton.cdiv(triton.cdiv(h, dilation), rows)
+    grid = (row_groups * triton.cdiv(w, block_x) * triton.cdiv(c, block_c), n)
     _depthwise3x3_relu_kernel[grid](
-        x, weight.contiguous(), bias, out, h, w, c, dilation, x.stride(0), x.stride(2), x.stride(3)
+        x, weight.contiguous(), bias, out, h, w, c, dilation, x.stride(0), x.stride(2), x.stride(3),
+        BLOCK_X=block_x, BLOCK_C=block_c, ROWS=rows, num_warps=8,
     )  # fmt: skip
     return out
 

@@ -46,17 +46,18 @@ class Runtime:
         self.policy: InputPolicy | None = None
         self.batcher: Batcher | None = None
 
-    def warm_up_shapes(self) -> list[tuple[int, int, int]]:
-        """CUDA (cudnn.benchmark tunes kernels per exact shape): the two main buckets at every
-        batch size and every other bucket at the largest, so only a rare bucket at an unusual
-        batch size pays a one-off tuning delay. Elsewhere one batch per main bucket pays the
-        one-time initialisation."""
+    def warm_up_shapes(self) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        """``(tuned, untuned)`` batch shapes to warm up. CUDA: the two main buckets at every batch
+        size, with per-shape kernel tuning (cuDNN benchmark, ~1 s each); every other bucket at
+        the largest batch size, untuned (~0.1 s each: rare shapes must not stretch start-up, and
+        cuDNN's heuristic choice is within a few per cent). Elsewhere one batch per main bucket
+        pays the one-time initialisation."""
         main = self.policy.full_buckets()
         if not str(self.backend.device).startswith("cuda"):
-            return [(1, h, w) for w, h in main]
+            return [(1, h, w) for w, h in main], []
         top = self.settings.max_batch_size
-        shapes = [(n, h, w) for w, h in main for n in range(1, top + 1)]
-        return shapes + [(top, h, w) for w, h in self.policy.all_buckets() if (w, h) not in main]
+        tuned = [(n, h, w) for w, h in main for n in range(1, top + 1)]
+        return tuned, [(top, h, w) for w, h in self.policy.all_buckets() if (w, h) not in main]
 
     async def start(self) -> None:
         s = self.settings
@@ -64,9 +65,10 @@ class Runtime:
         self.config = await asyncio.to_thread(self.backend.load)
         loaded = time.perf_counter()
         self.policy = InputPolicy.for_config(self.config)
-        shapes = self.warm_up_shapes()
-        log.info("warming up", extra={"shapes": len(shapes), "backend": self.backend.name})
-        await asyncio.to_thread(self.backend.warm_up, shapes)
+        tuned, untuned = self.warm_up_shapes()
+        log.info("warming up", extra={"shapes": len(tuned) + len(untuned), "backend": self.backend.name})
+        await asyncio.to_thread(self.backend.warm_up, tuned)
+        await asyncio.to_thread(self.backend.warm_up, untuned, False)
         self.batcher = Batcher(
             self._run_batch,
             max_batch_size=s.max_batch_size,

@@ -16,7 +16,7 @@ def test_results_table_reports_the_committed_measurements():
     assert set(rows) == {"R-18-D8", "R-50-D8", "R-101-D8", "R-101-D16-MG124"}
     best_r50 = max(m["img_per_s"] for m in perf["measurements"] if m["arch"] == "R-50-D8" and "optimized" in m["backend"])
     assert f"{best_r50} (" in rows["R-50-D8"] and "3.94 (V100)" in rows["R-50-D8"]
-    for m in perf["measurements"]:  # the per-measurement schema
+    for m in perf["measurements"] + e2e["measurements"]:  # the per-measurement schema
         assert {"config", "backend", "precision", "batch", "input", "mode", "img_per_s", "p50_ms", "p99_ms", "gpu", "torch", "date", "command"} <= set(m)
 
 

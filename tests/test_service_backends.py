@@ -67,11 +67,12 @@ def test_warm_up_covers_main_buckets_at_every_batch_size_on_cuda():
     settings = Settings(device="cuda", max_batch_size=4)
     runtime = Runtime(settings, ServiceMetrics(), TorchBackend(net=small_net(), device="cuda"))
     runtime.policy = InputPolicy((480, 360), (124, 116, 104))
-    shapes = runtime.warm_up_shapes()
-    assert {(n, 360, 480) for n in range(1, 5)} <= set(shapes) and {(n, 480, 360) for n in range(1, 5)} <= set(shapes)
-    assert {(h, w) for _, h, w in shapes} == {(h, w) for w, h in runtime.policy.all_buckets()}
+    tuned, untuned = runtime.warm_up_shapes()
+    assert set(tuned) == {(n, 360, 480) for n in range(1, 5)} | {(n, 480, 360) for n in range(1, 5)}
+    assert {(h, w) for _, h, w in tuned + untuned} == {(h, w) for w, h in runtime.policy.all_buckets()}
+    assert {n for n, _, _ in untuned} == {4}
     runtime.backend.device = "cpu"
-    assert runtime.warm_up_shapes() == [(1, 360, 480), (1, 480, 360)]
+    assert runtime.warm_up_shapes() == ([(1, 360, 480), (1, 480, 360)], [])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU box)")

@@ -29,7 +29,7 @@ class SlowBackend(TorchBackend):
         time.sleep(self.delay_s)
         return super().infer(batch)
 
-    def warm_up(self, shapes) -> None:  # start-up need not be slow
+    def warm_up(self, shapes, tune=True) -> None:  # start-up need not be slow
         for n, h, w in shapes:
             super().infer(np.zeros((n, h, w, 3), np.uint8))
 

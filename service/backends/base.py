@@ -43,9 +43,10 @@ class Backend(abc.ABC):
         straight into its own input buffer instead of stacking first)."""
         return self.infer(np.stack(images))
 
-    def warm_up(self, shapes: Iterable[tuple[int, int, int]]) -> None:
+    def warm_up(self, shapes: Iterable[tuple[int, int, int]], tune: bool = True) -> None:
         """Run one batch of each ``(n, height, width)`` so that lazy initialisation, memory pools
-        and per-shape kernel tuning happen before the first request, not during it."""
+        and per-shape kernel tuning happen before the first request, not during it; ``tune=False``:
+        skip the per-shape tuning where the engine can (rare shapes, short start-up)."""
         for n, height, width in shapes:
             self.infer(np.zeros((n, height, width, 3), np.uint8))
 

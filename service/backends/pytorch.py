@@ -71,11 +71,16 @@ class TorchBackend(Backend):
             return slide_logits(self.net, x, cfg.slide_crop, cfg.slide_stride).argmax(dim=1).to(torch.uint8)
         return self._labels(x)
 
-    def warm_up(self, shapes: Iterable[tuple[int, int, int]]) -> None:
-        if self._graphs is None:
-            return super().warm_up(shapes)
-        for n, height, width in shapes:
-            self._graphs.capture((n, height, width, 3), torch.uint8)
+    def warm_up(self, shapes: Iterable[tuple[int, int, int]], tune: bool = True) -> None:
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = benchmark and tune
+        try:
+            if self._graphs is None:
+                return super().warm_up(shapes)
+            for n, height, width in shapes:
+                self._graphs.capture((n, height, width, 3), torch.uint8)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
 
     def infer_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if self._graphs is None:
