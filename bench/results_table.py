@@ -84,7 +84,9 @@ def table(perf: dict, e2e: dict, flops: list[dict]) -> str:
         "python -m bench.results_table",
         "```",
         "",
-        e2e.get("note", ""),
+        f"End to end: {e2e.get('images')} posted as raw image/jpeg bodies, {e2e.get('format')} label maps back, "
+        f"{e2e.get('client_processes')} client processes on the same host as the server; the server was ready "
+        f"{e2e.get('server_ready_s')} s after its start (model load, warm-up, CUDA graph capture).",
         "",
     ]
     return "\n".join(lines)
