@@ -17,7 +17,6 @@ arguments, so it is not offered.)
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -57,7 +56,6 @@ class TorchBackend(Backend):
             self.net = optimize_for_inference(self.net.to(self._device))
         self.net = self.net.to(self._device, self._dtype, memory_format=torch.channels_last).eval()
         self._normalize = normalizer(self.config, self._device)
-        self._labels = functools.partial(whole_image_labels, self.net)
         if self._device.type == "cuda" and self.cuda_graphs and self.config.inference == "whole":
             self._graphs = ShapeGraphs(self._pixels_to_labels, self._device)
             self.concurrent_batches = 2
@@ -69,7 +67,7 @@ class TorchBackend(Backend):
         cfg = self.config
         if cfg.inference == "slide":
             return slide_logits(self.net, x, cfg.slide_crop, cfg.slide_stride).argmax(dim=1).to(torch.uint8)
-        return self._labels(x)
+        return whole_image_labels(self.net, x)
 
     def warm_up(self, shapes: Iterable[tuple[int, int, int]], tune: bool = True) -> None:
         benchmark = torch.backends.cudnn.benchmark
