@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
+from isal import isal_zlib
 from PIL import Image, UnidentifiedImageError
 
 from model.preprocess import load_image
@@ -81,16 +82,16 @@ def encode_label_png(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> by
 
     Written directly rather than through PIL, for speed at 150 images/s: every row uses PNG's
     "Up" filter (difference to the row above, all zeros where a row repeats, as label maps'
-    rows mostly do) and zlib's run-length strategy at level 1, which turns those zero runs into
-    a few bytes. zlib releases the GIL, so the codec threads encode in parallel.
+    rows mostly do), deflated by ISA-L at level 1 (`isal`: 3.7 ms for a 2048x1024 map where
+    zlib's fastest setting, level 1 with its run-length strategy, takes 17 ms; the stream is
+    ~1.3x larger). Both release the GIL, so the codec threads encode in parallel.
     """
     height, width = labels.shape
     rows = np.empty((height, width + 1), np.uint8)
     rows[:, 0] = 2  # filter type "Up"; for the first row the row above counts as zeros
     rows[0, 1:] = labels[0]
     np.subtract(labels[1:], labels[:-1], out=rows[1:, 1:], dtype=np.uint8)  # modulo 256, as PNG wants
-    deflate = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_RLE)
-    idat = deflate.compress(rows.tobytes()) + deflate.flush()
+    idat = isal_zlib.compress(rows, 1)
     plte = bytes(_palette_bytes(palette)[: 3 * max(1, min(256, len(palette)))])
     return b"".join([
         b"\x89PNG\r\n\x1a\n",
