@@ -6,7 +6,8 @@ fixed time and reports throughput, p50/p90/p99 latency, errors by status, and th
 the server formed (from its /metrics). It also reports the backend-alone throughput over the same
 batches (images / inference seconds, timed by the server) and the end-to-end throughput as a
 fraction of it; with ``--model-bench`` also as a fraction of ``bench.model_bench``'s images/s at the
-nearest batch size.
+nearest batch size. With two batches in flight (CUDA graphs) their inference times overlap: the
+busy fraction can pass 1 and the backend-alone figure understates the GPU (use `bench.perf`).
 
     python -m service &                       # or let --serve start one
     python -m bench.load --concurrency 1 4 16 --rate 50 --duration 20
@@ -147,7 +148,8 @@ def run_level(url, images, concurrency, rate, duration, warmup, processes, fmt) 
         "server_mean_queue_wait_ms": round(1e3 * delta["deeplab_queue_wait_seconds_sum"] / max(delta["deeplab_queue_wait_seconds_count"], 1), 2),
         "server_busy_fraction": round(delta["deeplab_inference_duration_seconds_sum"] / (time.monotonic() - begin), 3),
         # The backend alone over the very same batches, timed by the server: a model-only figure
-        # taken under identical conditions (a shared CPU box drifts between separate runs).
+        # taken under identical conditions (a shared CPU box drifts between separate runs); with
+        # overlapping batches in flight it counts the overlap twice.
         "server_inference_images_per_s": round(delta["deeplab_images_total"] / delta["deeplab_inference_duration_seconds_sum"], 2)
         if delta["deeplab_inference_duration_seconds_sum"] else None,
     }
