@@ -67,8 +67,8 @@ class Batcher:
         self._queues: dict[Hashable, deque[_Entry]] = {}
         self._depth = 0
         self._wakeup = asyncio.Event()
+        self.concurrency = concurrency
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="inference")
-        self._free = asyncio.Semaphore(concurrency)  # inference threads not running a batch
         self._running: set[asyncio.Task] = set()
         self._computing = 0  # batches handed to the inference threads and not yet returned
         self._task: asyncio.Task | None = None
@@ -127,7 +127,9 @@ class Batcher:
     def _next_key(self, now: float) -> tuple[Hashable | None, float | None]:
         """The group to dispatch now (a full one first, else, with no batch computing, one whose
         oldest item is due), or ``(None, seconds until the oldest item is due)``, or ``(None,
-        None)``: wait for an item or for the computing batch to finish."""
+        None)``: wait for an item or for a computing batch to finish."""
+        if self._computing >= self.concurrency:  # every inference thread is busy
+            return None, None
         full = [q for q in self._queues.values() if len(q) >= self.max_batch_size]
         if full:
             return min(full, key=lambda q: q[0].enqueued)[0].key, 0.0
@@ -139,19 +141,15 @@ class Batcher:
 
     async def _dispatch_forever(self) -> None:
         while True:
-            await self._free.acquire()
-            try:
-                batch = await self._next_batch()
-            except BaseException:
-                self._free.release()
-                raise
+            batch = await self._next_batch()
             self._computing += 1
             task = asyncio.get_running_loop().create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
     async def _next_batch(self) -> list[_Entry]:
-        """Wait until some group is full or due, then take up to ``max_batch_size`` of it."""
+        """Wait until an inference thread is free and some group is full or due, then take up to
+        ``max_batch_size`` of it."""
         while True:
             self._wakeup.clear()
             if not self._depth:
@@ -181,8 +179,7 @@ class Batcher:
             inference_s = time.perf_counter() - start
         finally:
             self._computing -= 1
-            self._free.release()
-            self._wakeup.set()  # a partial batch may have been waiting for this one
+            self._wakeup.set()  # a thread is free; a partial batch may have been waiting for it
         if self._on_batch is not None:
             self._on_batch(len(batch), inference_s)
         for entry, result in zip(batch, results):

@@ -74,7 +74,8 @@ def _palette_bytes(palette: Sequence[Sequence[int]]) -> list[int]:
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    crc = zlib.crc32(data, zlib.crc32(kind))  # no kind + data copy of the (large) IDAT
+    return b"".join([struct.pack(">I", len(data)), kind, data, struct.pack(">I", crc)])
 
 
 def encode_label_png(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> bytes:
