@@ -97,8 +97,12 @@ def _worker(job: tuple) -> list:
     return asyncio.run(_drive(*job))
 
 
+SEGMENT_LATENCY = 'deeplab_request_duration_seconds_bucket{endpoint="/segment",le="'
+
+
 def scrape(url: str) -> dict[str, float]:
-    """The un-labelled and summed samples we need from /metrics."""
+    """The un-labelled and summed samples we need from /metrics, and POST /segment's latency
+    histogram as ``le:<bound>`` keys."""
     wanted = ("deeplab_batch_size_sum", "deeplab_batch_size_count", "deeplab_queue_wait_seconds_sum",
               "deeplab_queue_wait_seconds_count", "deeplab_inference_duration_seconds_sum", "deeplab_images_total")
     out = dict.fromkeys(wanted, 0.0)
@@ -106,7 +110,25 @@ def scrape(url: str) -> dict[str, float]:
         name = line.split("{")[0].split(" ")[0]
         if name in out:
             out[name] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith(SEGMENT_LATENCY):
+            out["le:" + line[len(SEGMENT_LATENCY) :].split('"')[0]] = float(line.rsplit(" ", 1)[1])
     return out
+
+
+def histogram_quantile(delta: dict[str, float], q: float) -> float | None:
+    """Prometheus' histogram_quantile over the ``le:`` buckets of a scrape delta: linear within
+    the bucket that holds the q-th observation (so only as fine as the buckets)."""
+    buckets = sorted((float(k[3:]), v) for k, v in delta.items() if k.startswith("le:"))
+    if not buckets or not buckets[-1][1]:
+        return None
+    rank, lower, below = q * buckets[-1][1], 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = bound, count
+    return lower
 
 
 def run_level(url, images, concurrency, rate, duration, warmup, processes, fmt) -> dict:
@@ -133,7 +155,8 @@ def run_level(url, images, concurrency, rate, duration, warmup, processes, fmt) 
     for r in window:
         if r[2] != 200:
             errors[str(r[2])] = errors.get(str(r[2]), 0) + 1
-    delta = {k: after[k] - before[k] for k in after}
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+    server_p = lambda q: round(1e3 * v, 1) if (v := histogram_quantile(delta, q)) is not None else None  # noqa: E731
     pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None  # noqa: E731
     return {
         "concurrency": concurrency if not rate else None,
@@ -146,6 +169,9 @@ def run_level(url, images, concurrency, rate, duration, warmup, processes, fmt) 
         "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "mean": round(statistics.fmean(lat), 2) if lat else None},
         "mean_batch_size": round(delta["deeplab_batch_size_sum"] / delta["deeplab_batch_size_count"], 2) if delta["deeplab_batch_size_count"] else None,
         "server_mean_queue_wait_ms": round(1e3 * delta["deeplab_queue_wait_seconds_sum"] / max(delta["deeplab_queue_wait_seconds_count"], 1), 2),
+        # Receive to response inside the server (bucket-interpolated): the rest of the client's
+        # latency is the HTTP transfer and the load generator itself.
+        "server_latency_ms": {"p50": server_p(0.50), "p99": server_p(0.99)},
         "server_busy_fraction": round(delta["deeplab_inference_duration_seconds_sum"] / (time.monotonic() - begin), 3),
         # The backend alone over the very same batches, timed by the server: a model-only figure
         # taken under identical conditions (a shared CPU box drifts between separate runs); with
@@ -263,8 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"\n{hw}: {served['config']} via HTTP, {served['backend']} {served['precision']} on {served['device']}, "
           f"max batch {served['batching']['max_batch_size']}, delay {served['batching']['max_queue_delay_ms']} ms")
-    print("| load | req/s | p50 ms | p90 ms | p99 ms | mean batch | errors | inference-only img/s (same run) | e2e / inference-only | vs model_bench |")
-    print("|---|--:|--:|--:|--:|--:|---|--:|--:|--:|")
+    print("| load | req/s | p50 ms | p90 ms | p99 ms | server p50 / p99 ms | mean batch | errors | inference-only img/s (same run) | e2e / inference-only | vs model_bench |")
+    print("|---|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|")
     for r in rows:
         load = f"{r['concurrency']} clients" if r["concurrency"] else f"{r['rate_rps']} req/s offered"
         frac = r.get("vs_model_only")
@@ -272,7 +298,8 @@ def main(argv: list[str] | None = None) -> dict:
         lat = r["latency_ms"]
         inf = r["server_inference_images_per_s"]
         same_run = f"{r['throughput_rps'] / inf:.2f}" if inf else "-"
-        print(f"| {load} | {r['throughput_rps']:.2f} | {lat['p50']} | {lat['p90']} | {lat['p99']} | {r['mean_batch_size']} | {r['errors'] or '-'} | {inf} | {same_run} | {frac_text} |")
+        server = r["server_latency_ms"]
+        print(f"| {load} | {r['throughput_rps']:.2f} | {lat['p50']} | {lat['p90']} | {lat['p99']} | {server['p50']} / {server['p99']} | {r['mean_batch_size']} | {r['errors'] or '-'} | {inf} | {same_run} | {frac_text} |")
     name = slug(hw if served["device"].startswith("cuda") else "cpu")
     out = args.out or RESULTS / f"load_{name}_{served['backend']}_{served['precision']}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

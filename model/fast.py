@@ -7,6 +7,7 @@
 - `FusedDepthwise`: the depthwise 3x3 convs of the separable convs (+ bias + ReLU) as one Triton
   pass (`model.kernels.depthwise3x3_relu`); cuDNN runs the ASPP's dilated ones (2048 channels,
   dilation 12/24/36) with a slow grouped-direct kernel, 3.3 ms each at 1024x2048 on an H100.
+- `StemMaxPool`: the stem's max pool without PyTorch's int64 indices (`model.kernels.max_pool3x3s2`).
 - `FastASPPHead`: the image-pool branch's share of the bottleneck conv computed on a 3x3 map
   instead of over a broadcast full-size map, and the decoder's resize + concat as one pass
   (`model.kernels.resize_concat`).
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .heads import ConvModule, DepthwiseSeparableASPPHead
-from .kernels import depthwise3x3_relu, resize_concat, spread_borders, upsample_argmax
+from .kernels import depthwise3x3_relu, max_pool3x3s2, resize_concat, spread_borders, upsample_argmax
 from .network import DeepLabV3Plus
 from .resnet import BasicBlock, Bottleneck
 
@@ -116,6 +117,13 @@ class FusedBlock(nn.Module):
         return self.convs[-1](x, residual=identity)
 
 
+class StemMaxPool(nn.Module):
+    """The backbone's `nn.MaxPool2d(3, 2, 1)`, as one Triton pass on CUDA."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return max_pool3x3s2(x)
+
+
 def fuse_activations(module: nn.Module) -> nn.Module:
     """Replace folded ConvModules, stems and residual blocks by `FusedConv`/`FusedBlock` (in place)."""
     for parent in list(module.modules()):
@@ -179,6 +187,7 @@ def optimize_for_inference(net: DeepLabV3Plus) -> DeepLabV3Plus:
     fast = copy.deepcopy(net).eval()
     fast.auxiliary_head = None
     fuse_activations(fold_batchnorm(fast))
+    fast.backbone.maxpool = StemMaxPool()
     FastASPPHead.adopt(fast.decode_head)
     return fast
 

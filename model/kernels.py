@@ -6,6 +6,8 @@
 - `depthwise3x3_relu`: the separable convs' depthwise 3x3 (+ bias + ReLU), any dilation.
 - `resize_concat`: the decoder's bilinear resize written straight into its concat buffer.
 - `spread_borders`: a 3x3 map spread over the border/interior regions of a full-size map.
+- `max_pool3x3s2`: the stem's 3x3 / stride 2 / padding 1 max pool without the int64 indices
+  PyTorch's CUDA max pool writes even in inference (4x the bytes of the pooled output).
 """
 
 from __future__ import annotations
@@ -156,14 +158,17 @@ def depthwise3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     if triton is None or not x.is_cuda or x.stride(1) != 1:
         return depthwise3x3_reference(x, weight, bias, dilation)
     out = torch.empty_like(x, memory_format=torch.channels_last)
-    # One fixed tiling: tuning it per shape (Triton's autotune over 8 tilings) was within a few per
-    # cent of it and cost ~5 s of start-up for every new bucket.
-    block_x, block_c, rows = 64, 64, 8
+    # One fixed tiling: of the 16 that `bench.kernel_variants` times, the fastest summed over
+    # R-50-D8's five depthwise shapes on an H100 (5.83 ms per batch of 8, the old 8 rows x 8 warps
+    # 6.78; the best per shape would give 5.70). Two rows per group also leave no empty row group
+    # at dilation 24 or 36 (H = 128). Tuning per shape (Triton's autotune) cost ~5 s of start-up for
+    # every new bucket.
+    block_x, block_c, rows, warps = 64, 64, 2, 4
     row_groups = dilation * triton.cdiv(triton.cdiv(h, dilation), rows)
     grid = (row_groups * triton.cdiv(w, block_x) * triton.cdiv(c, block_c), n)
     _depthwise3x3_relu_kernel[grid](
         x, weight.contiguous(), bias, out, h, w, c, dilation, x.stride(0), x.stride(2), x.stride(3),
-        BLOCK_X=block_x, BLOCK_C=block_c, ROWS=rows, num_warps=8,
+        BLOCK_X=block_x, BLOCK_C=block_c, ROWS=rows, num_warps=warps,
     )  # fmt: skip
     return out
 
@@ -259,4 +264,47 @@ def spread_borders(small: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     block_p, block_c = 32, 128
     grid = (triton.cdiv(h * w, block_p), triton.cdiv(c, block_c), n)
     _spread_borders_kernel[grid](small, out, c, h, w, *small.stride(), BLOCK_P=block_p, BLOCK_C=block_c)
+    return out
+
+
+def max_pool3x3s2_reference(x: torch.Tensor) -> torch.Tensor:
+    return F.max_pool2d(x, 3, 2, 1)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _max_pool3x3s2_kernel(
+        src, dst, C, H, W, H_out, W_out, s_n, s_h, s_w, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):  # fmt: skip
+        """Channels-last 3x3 max pool, stride 2, padding 1: each window holds at least one pixel."""
+        n = tl.program_id(2).to(tl.int64)
+        p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        p_ok, c_ok = p < H_out * W_out, c < C
+        y, x = 2 * (p // W_out) - 1, 2 * (p % W_out) - 1
+        base = src + n * s_n + c[None, :]
+        best = tl.full([BLOCK_P, BLOCK_C], float("-inf"), dst.dtype.element_ty)
+        for dy in tl.static_range(3):
+            for dx in tl.static_range(3):
+                ok = p_ok & (y + dy >= 0) & (y + dy < H) & (x + dx >= 0) & (x + dx < W)
+                v = tl.load(base + ((y + dy) * s_h + (x + dx) * s_w)[:, None], mask=ok[:, None] & c_ok[None, :],
+                            other=float("-inf"))  # fmt: skip
+                best = tl.maximum(best, v)
+        tl.store(dst + n * H_out * W_out * C + p[:, None] * C + c[None, :], best, mask=p_ok[:, None] & c_ok[None, :])
+
+
+def max_pool3x3s2(x: torch.Tensor) -> torch.Tensor:
+    """`F.max_pool2d(x, 3, 2, 1)`; on CUDA with channels-last input one Triton pass that reads the
+    input once and writes only the pooled values."""
+    if triton is None or not x.is_cuda or x.stride(1) != 1:
+        return max_pool3x3s2_reference(x)
+    n, c, h, w = x.shape
+    h_out, w_out = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    out = torch.empty((n, c, h_out, w_out), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    block_p, block_c = 64, 64
+    grid = (triton.cdiv(h_out * w_out, block_p), triton.cdiv(c, block_c), n)
+    _max_pool3x3s2_kernel[grid](
+        x, out, c, h, w, h_out, w_out, x.stride(0), x.stride(2), x.stride(3), BLOCK_P=block_p, BLOCK_C=block_c,
+    )  # fmt: skip
     return out

@@ -8,6 +8,8 @@ import torch
 from model.kernels import (
     depthwise3x3_reference,
     depthwise3x3_relu,
+    max_pool3x3s2,
+    max_pool3x3s2_reference,
     resize_concat,
     spread_borders,
     spread_borders_reference,
@@ -95,3 +97,19 @@ def test_triton_spread_borders_matches_the_region_copies(size):
     got = spread_borders(small, size)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got, spread_borders_reference(small, size))
+
+
+def test_max_pool_cpu_path_is_pytorchs():
+    x = torch.randn(2, 5, 9, 12)
+    assert torch.equal(max_pool3x3s2(x), torch.nn.functional.max_pool2d(x, 3, 2, 1))
+
+
+@needs_gpu
+@pytest.mark.parametrize("shape", [(2, 64, 45, 77), (1, 200, 2, 1), (3, 8, 1, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_max_pool_matches_pytorch(shape, dtype):
+    """Odd and tiny sizes (windows cut by the padding on every side), channels no multiple of the block."""
+    x = torch.randn(shape, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+    got = max_pool3x3s2(x)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, max_pool3x3s2_reference(x))

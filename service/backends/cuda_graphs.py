@@ -6,10 +6,13 @@ between launches and the GPU idles; a replayed graph is one launch. The graphs s
 pool (they never run at the same time: all replays go to one stream, in order).
 
 Several threads may call at once (the batcher keeps two batches in flight so one batch's host
-work overlaps the other's GPU work). Only the enqueueing is serialised: upload into the graph's
-static input, replay, download of its static output into the caller's own pinned buffer, then an
-event; the caller waits for its event outside the lock. Shapes that were not captured run
-eagerly on the same stream, under the same lock.
+work overlaps the other's GPU work). The copies run on their own streams, so one batch's upload
+and another's download overlap the compute stream's work instead of queueing on it (a batch of
+eight 2048x1024 images is 50 MB up and 16 MB down: ~2.5 ms of PCIe per 50 ms batch, which would
+otherwise leave the SMs idle). Only the compute stream's part is serialised under a lock: wait
+for the upload, copy it into the graph's static input, replay, copy the static output out (the
+next replay overwrites it). The caller waits for its download outside the lock. Shapes that were
+not captured run eagerly on the compute stream, under the same lock.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ class ShapeGraphs:
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self._pool = None
         self._lock = threading.Lock()
+        self._upload = torch.cuda.Stream(device)
+        self._download = torch.cuda.Stream(device)
 
     @property
     def shapes(self) -> list[tuple[int, ...]]:
@@ -57,16 +62,29 @@ class ShapeGraphs:
     def __call__(self, host: torch.Tensor) -> torch.Tensor:
         """``host`` (pinned CPU tensor) -> ``fn(host on the device)`` as a CPU tensor."""
         entry = self._graphs.get(tuple(host.shape))
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self._upload):
+            staged = host.to(self.device, non_blocking=True)
+            uploaded = torch.cuda.Event()
+            uploaded.record()
         with self._lock:
+            compute.wait_event(uploaded)  # this batch's upload only, not a later caller's
+            staged.record_stream(compute)  # the allocator must not reuse it before compute reads it
             if entry is None:
-                out = self.fn(host.to(self.device, non_blocking=True))
+                out = self.fn(staged)
             else:
-                graph, static_in, out = entry
-                static_in.copy_(host, non_blocking=True)
+                graph, static_in, static_out = entry
+                static_in.copy_(staged)
                 graph.replay()
-            result = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-            result.copy_(out, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
+                out = static_out.clone()
+            # Enqueued under the lock too, so the download stream waits for this batch's compute
+            # only (a later caller's wait would otherwise sit in front of this copy).
+            self._download.wait_stream(compute)
+            out.record_stream(self._download)
+            with torch.cuda.stream(self._download):
+                result = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+                result.copy_(out, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record()
         done.synchronize()
         return result

@@ -1,0 +1,147 @@
+"""Candidate versions of the inference kernels at R-50-D8's shapes (1024x2048 input), timed in one run.
+
+    python -m bench.kernel_variants [--batch 8] [--out bench/results/kernel_variants_<gpu>.json]
+
+- depthwise 3x3 + bias + ReLU (the separable convs' first half): our Triton kernel over a grid of
+  tilings, against cuDNN (`F.conv2d` + ReLU, and `cudnn_convolution_relu`), at the ASPP's shapes
+  (2048 channels at 1/8 resolution, dilation 12/24/36) and the decoder's (560 and 512 channels at
+  1/4 resolution, dilation 1);
+- the stem's 3x3 / stride 2 max pool: PyTorch (writes int64 indices too) against `max_pool3x3s2`;
+- the ASPP's four 1x1 convs (2048 -> 512, + bias + ReLU) and their concat: four cuDNN calls +
+  `torch.cat`, against four GEMMs with a bias + ReLU epilogue written straight into column slices
+  of the concat buffer (`torch._addmm_activation(out=...)`).
+Each row: ms per batch (median, CUDA events, L2 flushed between runs), the bandwidth of its
+compulsory bytes (each input read once, each output written once), max |error| against the
+reference. Tables are printed; all rows go to the JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from model import kernels
+
+TILINGS = [  # (BLOCK_X, BLOCK_C, ROWS, num_warps); the first is the shipped one
+    (64, 64, 8, 8), (64, 64, 4, 8), (64, 64, 2, 8), (64, 64, 2, 4), (64, 64, 1, 4), (32, 64, 8, 4),
+    (32, 64, 4, 4), (32, 64, 2, 4), (32, 64, 1, 2), (64, 32, 8, 4), (128, 32, 4, 8), (32, 128, 4, 8),
+    (16, 128, 4, 4), (128, 64, 2, 8), (32, 32, 4, 2), (64, 128, 2, 8),
+]  # fmt: skip
+
+
+def bench_ms(fn) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
+
+
+def depthwise_tiled(x, weight, bias, dilation, tiling):
+    """`model.kernels.depthwise3x3_relu` with an explicit tiling."""
+    import triton
+
+    bx, bc, rows, warps = tiling
+    n, c, h, w = x.shape
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    groups = dilation * triton.cdiv(triton.cdiv(h, dilation), rows)
+    grid = (groups * triton.cdiv(w, bx) * triton.cdiv(c, bc), n)
+    kernels._depthwise3x3_relu_kernel[grid](
+        x, weight.contiguous(), bias, out, h, w, c, dilation, x.stride(0), x.stride(2), x.stride(3),
+        BLOCK_X=bx, BLOCK_C=bc, ROWS=rows, num_warps=warps,
+    )  # fmt: skip
+    return out
+
+
+def row(table: list, kind: str, shape: str, variant: str, ms: float, nbytes: int, err: float) -> None:
+    table.append({"kernel": kind, "shape": shape, "variant": variant, "ms": round(ms, 4),
+                  "gb_per_s": round(nbytes / ms / 1e6, 1), "max_abs_err": err})  # fmt: skip
+    print(f"{kind:<10} {shape:<28} {variant:<34} {ms:8.3f} ms {nbytes / ms / 1e6:8.1f} GB/s  err {err:.3g}", flush=True)
+
+
+def depthwise(batch: int, table: list) -> None:
+    half = {"device": "cuda", "dtype": torch.float16}
+    for c, h, w, d in [(2048, 128, 256, 12), (2048, 128, 256, 24), (2048, 128, 256, 36), (560, 256, 512, 1), (512, 256, 512, 1)]:
+        x = torch.randn(batch, c, h, w, **half).contiguous(memory_format=torch.channels_last)
+        weight, bias = torch.randn(c, 1, 3, 3, **half) / 3, torch.randn(c, **half)
+        ref = kernels.depthwise3x3_reference(x.float(), weight.float(), bias.float(), d)
+        shape, nbytes = f"{batch}x{c}x{h}x{w} d{d}", 2 * x.numel() * 2
+        args = ((1, 1), (d, d), (d, d), c)
+        candidates = {
+            "cudnn conv2d+relu": lambda: kernels.depthwise3x3_reference(x, weight, bias, d),
+            "cudnn_convolution_relu": lambda: torch.cudnn_convolution_relu(x, weight, bias, *args),
+        }
+        for t in TILINGS:
+            candidates["triton " + "x".join(map(str, t))] = lambda t=t: depthwise_tiled(x, weight, bias, d, t)
+        for name, fn in candidates.items():
+            err = (fn().float() - ref).abs().max().item()
+            row(table, "depthwise", shape, name, bench_ms(fn), nbytes, err)
+
+
+def max_pool(batch: int, table: list) -> None:
+    x = torch.randn(batch, 64, 512, 1024, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    ref = F.max_pool2d(x, 3, 2, 1)
+    nbytes = (x.numel() + ref.numel()) * 2
+    for name, fn in {"F.max_pool2d": lambda: F.max_pool2d(x, 3, 2, 1), "triton max_pool3x3s2": lambda: kernels.max_pool3x3s2(x)}.items():
+        row(table, "maxpool", f"{batch}x64x512x1024", name, bench_ms(fn), nbytes, (fn() - ref).abs().max().item())
+
+
+def aspp_pointwise(batch: int, table: list) -> None:
+    half = {"device": "cuda", "dtype": torch.float16}
+    xs = [torch.randn(batch, 2048, 128, 256, **half).contiguous(memory_format=torch.channels_last) for _ in range(4)]
+    ws = [torch.randn(512, 2048, 1, 1, **half) / 45 for _ in range(4)]
+    bs = [torch.randn(512, **half) for _ in range(4)]
+
+    def cudnn_then_cat():
+        return torch.cat([torch.cudnn_convolution_relu(x, w, b, (1, 1), (0, 0), (1, 1), 1) for x, w, b in zip(xs, ws, bs)], 1)
+
+    def gemm_into_slices():
+        out = torch.empty(batch, 2048, 128, 256, **half, memory_format=torch.channels_last)
+        flat = out.permute(0, 2, 3, 1).reshape(-1, 2048)  # a view: channels-last is pixels x channels
+        for i, (x, w, b) in enumerate(zip(xs, ws, bs)):
+            torch._addmm_activation(b, x.permute(0, 2, 3, 1).reshape(-1, 2048), w.view(512, 2048).t(),
+                                    out=flat[:, 512 * i : 512 * (i + 1)])  # fmt: skip
+        return out
+
+    def gemm_contiguous():  # the same GEMMs into their own buffers: what the slices may cost
+        return [torch._addmm_activation(b, x.permute(0, 2, 3, 1).reshape(-1, 2048), w.view(512, 2048).t()) for x, w, b in zip(xs, ws, bs)]
+
+    ref = cudnn_then_cat()
+    nbytes = (4 * xs[0].numel() + ref.numel()) * 2
+    for name, fn in {"4 cudnn 1x1 + cat": cudnn_then_cat, "4 addmm_activation into slices": gemm_into_slices,
+                     "4 addmm_activation, own buffers": gemm_contiguous}.items():  # fmt: skip
+        out = fn()
+        err = (out - ref).abs().max().item() if isinstance(out, torch.Tensor) else float("nan")
+        row(table, "aspp 1x1", f"4x {batch}x2048x128x256->512", name, bench_ms(fn), nbytes, err)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    torch.backends.cudnn.benchmark = True
+    gpu = torch.cuda.get_device_name()
+    table: list[dict] = []
+    for part in (max_pool, aspp_pointwise, depthwise):
+        part(args.batch, table)
+    best = {}
+    for r in table:
+        key = (r["kernel"], r["shape"])
+        if key not in best or r["ms"] < best[key]["ms"]:
+            best[key] = r
+    print("\nbest per shape:")
+    for (kind, shape), r in best.items():
+        print(f"  {kind:<10} {shape:<28} {r['variant']:<34} {r['ms']:.3f} ms  {r['gb_per_s']} GB/s")
+    out = args.out or Path(__file__).parent / "results" / f"kernel_variants_{gpu.replace(' ', '_')}.json"
+    meta = {"gpu": gpu, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+            "command": "python -m bench.kernel_variants --batch %d" % args.batch}  # fmt: skip
+    out.write_text(json.dumps({**meta, "rows": table}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
