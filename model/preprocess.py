@@ -37,12 +37,25 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).copy()
 
 
+def _complete_jpeg(data: bytes) -> bool:
+    """Ends with the end-of-image marker (trailing NUL padding allowed). libjpeg pads a truncated
+    stream with grey and only warns, so cv2 would serve it; PIL refuses it, and gets it."""
+    return data.rstrip(b"\0").endswith(b"\xff\xd9")
+
+
 def load_image(source: bytes | str | Path | Image.Image) -> np.ndarray:
+    """HxWx3 uint8 RGB. Complete RGB and greyscale JPEGs go through cv2.imdecode: the pixels are
+    PIL's (both are libjpeg-turbo with the same settings; tests check it, EXIF orientations
+    included) at a third of the time for a 2048x1024 photo, as PIL's RGB -> numpy copy alone
+    costs twice its decode. Everything else (CMYK, PNG, WebP, ...) goes through PIL."""
     if isinstance(source, Image.Image):
         return to_rgb(source)
-    if isinstance(source, bytes):
-        source = io.BytesIO(source)
-    with Image.open(source) as image:
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format == "JPEG" and image.mode in ("RGB", "L") and _complete_jpeg(data):
+            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # applies EXIF orientation
+            if bgr is not None:
+                return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         return to_rgb(image)
 
 

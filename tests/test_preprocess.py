@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.preprocess import load_image, rescale_size, resize_image
+from model.preprocess import load_image, rescale_size, resize_image, to_rgb
 
 RNG = np.random.RandomState(0)
 RGB = RNG.randint(0, 255, (30, 40, 3), dtype=np.uint8)
@@ -76,3 +76,35 @@ def test_resize_matches_mmcv_imrescale():
     expected = mmcv.imrescale(image, (200, 100), interpolation="bilinear")
     got = resize_image(image, rescale_size((131, 75), (200, 100)))
     assert np.array_equal(got, expected)
+
+
+def _pil_only(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return to_rgb(image)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_jpeg_fast_path_gives_pils_pixels(orientation, mode):
+    """cv2's JPEG decode (the fast path) against PIL's, for every EXIF orientation."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    photo = (RNG.rand(37, 53, 3) * 40 + np.linspace(0, 200, 53)[None, :, None]).astype(np.uint8)
+    data = encode(Image.fromarray(photo).convert(mode), "JPEG", exif=exif, quality=90)
+    assert np.array_equal(load_image(data), _pil_only(data))
+
+
+def test_truncated_jpeg_is_refused_not_padded():
+    data = encode(Image.fromarray(RGB), "JPEG", quality=95)
+    with pytest.raises(OSError):
+        load_image(data[: len(data) * 2 // 3])
+
+
+def test_jpeg_with_trailing_bytes_still_decodes():
+    data = encode(Image.fromarray(RGB), "JPEG", quality=95)
+    assert np.array_equal(load_image(data + b"camera trailer"), _pil_only(data))
+
+
+def test_camvid_photos_decode_to_pils_pixels(camvid_dir):
+    for path in sorted((camvid_dir / "images" / "val").glob("*"))[:4]:
+        assert np.array_equal(load_image(path), _pil_only(path.read_bytes()))
