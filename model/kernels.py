@@ -44,29 +44,28 @@ if triton is not None:
     @triton.jit
     def _upsample_argmax_kernel(
         src, dst, C, H_in, W_in, H_out, W_out, scale_h, scale_w,
-        s_n, s_c, s_h, s_w, ALIGN: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
+        s_n, s_c, s_h, s_w, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
-        """BLOCK output pixels x all classes at once: four [BLOCK, BLOCK_C] loads (a pixel's classes
-        are contiguous in channels-last logits) and one argmax, instead of four gathers per class."""
         n = tl.program_id(1)
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < H_out * W_out
-        cs = tl.arange(0, BLOCK_C)
-        c_ok = cs < C
         oy = offs // W_out
         ox = offs % W_out
         y0, y1, ly = _source_index(oy, scale_h, H_in, ALIGN)
         x0, x1, lx = _source_index(ox, scale_w, W_in, ALIGN)
-        base = src + n * s_n + (cs * s_c)[None, :]
-        ok = mask[:, None] & c_ok[None, :]
-        v00 = tl.load(base + (y0 * s_h + x0 * s_w)[:, None], mask=ok, other=0.0).to(tl.float32)
-        v01 = tl.load(base + (y0 * s_h + x1 * s_w)[:, None], mask=ok, other=0.0).to(tl.float32)
-        v10 = tl.load(base + (y1 * s_h + x0 * s_w)[:, None], mask=ok, other=0.0).to(tl.float32)
-        v11 = tl.load(base + (y1 * s_h + x1 * s_w)[:, None], mask=ok, other=0.0).to(tl.float32)
-        lx, ly = lx[:, None], ly[:, None]
-        v = (1.0 - ly) * ((1.0 - lx) * v00 + lx * v01) + ly * ((1.0 - lx) * v10 + lx * v11)
-        v = tl.where(c_ok[None, :], v, float("-inf"))  # padding classes never win
-        label = tl.argmax(v, axis=1, tie_break_left=True)  # the first maximum, as torch.argmax
+        base = src + n * s_n
+        best = tl.full([BLOCK], float("-inf"), tl.float32)
+        label = tl.zeros([BLOCK], tl.int32)
+        for c in range(C):
+            p = base + c * s_c
+            v00 = tl.load(p + y0 * s_h + x0 * s_w, mask=mask, other=0.0).to(tl.float32)
+            v01 = tl.load(p + y0 * s_h + x1 * s_w, mask=mask, other=0.0).to(tl.float32)
+            v10 = tl.load(p + y1 * s_h + x0 * s_w, mask=mask, other=0.0).to(tl.float32)
+            v11 = tl.load(p + y1 * s_h + x1 * s_w, mask=mask, other=0.0).to(tl.float32)
+            v = (1.0 - ly) * ((1.0 - lx) * v00 + lx * v01) + ly * ((1.0 - lx) * v10 + lx * v11)
+            better = v > best
+            best = tl.where(better, v, best)
+            label = tl.where(better, c, label)
         tl.store(dst + n * H_out * W_out + offs, label.to(tl.uint8), mask=mask)
 
 
@@ -84,12 +83,11 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], align_corners: 
     h_out, w_out = size
     out = torch.empty((n, h_out, w_out), dtype=torch.uint8, device=logits.device)
     scale_h, scale_w = _scale(h_in, h_out, align_corners), _scale(w_in, w_out, align_corners)
-    block_c = triton.next_power_of_2(c)
-    block = max(16, 4096 // block_c)  # 4096 logits per load, over 8 warps: 127 registers (ptxas)
+    block = 1024
     grid = (triton.cdiv(h_out * w_out, block), n)
     _upsample_argmax_kernel[grid](
         logits, out, c, h_in, w_in, h_out, w_out, scale_h, scale_w, *logits.stride(),
-        ALIGN=align_corners, BLOCK=block, BLOCK_C=block_c, num_warps=8,
+        ALIGN=align_corners, BLOCK=block,
     )  # fmt: skip
     return out
 
