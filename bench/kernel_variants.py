@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from model import kernels
 
-TILINGS = [  # (BLOCK_X, BLOCK_C, ROWS, num_warps); the first is the shipped one
+TILINGS = [  # (BLOCK_X, BLOCK_C, ROWS, num_warps); the first was shipped before 64x64x2x4
     (64, 64, 8, 8), (64, 64, 4, 8), (64, 64, 2, 8), (64, 64, 2, 4), (64, 64, 1, 4), (32, 64, 8, 4),
     (32, 64, 4, 4), (32, 64, 2, 4), (32, 64, 1, 2), (64, 32, 8, 4), (128, 32, 4, 8), (32, 128, 4, 8),
     (16, 128, 4, 4), (128, 64, 2, 8), (32, 32, 4, 2), (64, 128, 2, 8),
@@ -38,22 +38,6 @@ def bench_ms(fn) -> float:
     import triton.testing
 
     return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
-
-
-def depthwise_tiled(x, weight, bias, dilation, tiling):
-    """`model.kernels.depthwise3x3_relu` with an explicit tiling."""
-    import triton
-
-    bx, bc, rows, warps = tiling
-    n, c, h, w = x.shape
-    out = torch.empty_like(x, memory_format=torch.channels_last)
-    groups = dilation * triton.cdiv(triton.cdiv(h, dilation), rows)
-    grid = (groups * triton.cdiv(w, bx) * triton.cdiv(c, bc), n)
-    kernels._depthwise3x3_relu_kernel[grid](
-        x, weight.contiguous(), bias, out, h, w, c, dilation, x.stride(0), x.stride(2), x.stride(3),
-        BLOCK_X=bx, BLOCK_C=bc, ROWS=rows, num_warps=warps,
-    )  # fmt: skip
-    return out
 
 
 def row(table: list, kind: str, shape: str, variant: str, ms: float, nbytes: int, err: float) -> None:
@@ -75,7 +59,7 @@ def depthwise(batch: int, table: list) -> None:
             "cudnn_convolution_relu": lambda: torch.cudnn_convolution_relu(x, weight, bias, *args),
         }
         for t in TILINGS:
-            candidates["triton " + "x".join(map(str, t))] = lambda t=t: depthwise_tiled(x, weight, bias, d, t)
+            candidates["triton " + "x".join(map(str, t))] = lambda t=t: kernels.depthwise3x3_relu(x, weight, bias, d, t)
         for name, fn in candidates.items():
             err = (fn().float() - ref).abs().max().item()
             row(table, "depthwise", shape, name, bench_ms(fn), nbytes, err)

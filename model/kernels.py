@@ -150,7 +150,21 @@ if triton is not None:
             here = w00 * v_l + w01 * v_m + w02 * v_r
 
 
-def depthwise3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> torch.Tensor:
+# (BLOCK_X, BLOCK_C, ROWS, num_warps). Of the 16 tilings `bench.kernel_variants` times, the fastest
+# summed over R-50-D8's five depthwise shapes on an H100 (5.83 ms per batch of 8; the old 8 rows x
+# 8 warps 6.78; the best per shape would give 5.70). Two rows per group also leave no empty row
+# group at dilation 24 or 36 (H = 128). Tuning per shape (Triton's autotune) cost ~5 s of start-up
+# for every new bucket.
+DEPTHWISE_TILING = (64, 64, 2, 4)
+
+
+def depthwise3x3_relu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    dilation: int,
+    tiling: tuple[int, int, int, int] = DEPTHWISE_TILING,
+) -> torch.Tensor:
     """relu(depthwise 3x3 conv, padding = dilation, + bias): the BN-folded depthwise half of a
     separable conv. On CUDA with channels-last input one Triton pass, whatever the dilation
     (cuDNN falls back to a slow grouped-direct kernel for dilated depthwise convs)."""
@@ -158,12 +172,7 @@ def depthwise3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     if triton is None or not x.is_cuda or x.stride(1) != 1:
         return depthwise3x3_reference(x, weight, bias, dilation)
     out = torch.empty_like(x, memory_format=torch.channels_last)
-    # One fixed tiling: of the 16 that `bench.kernel_variants` times, the fastest summed over
-    # R-50-D8's five depthwise shapes on an H100 (5.83 ms per batch of 8, the old 8 rows x 8 warps
-    # 6.78; the best per shape would give 5.70). Two rows per group also leave no empty row group
-    # at dilation 24 or 36 (H = 128). Tuning per shape (Triton's autotune) cost ~5 s of start-up for
-    # every new bucket.
-    block_x, block_c, rows, warps = 64, 64, 2, 4
+    block_x, block_c, rows, warps = tiling
     row_groups = dilation * triton.cdiv(triton.cdiv(h, dilation), rows)
     grid = (row_groups * triton.cdiv(w, block_x) * triton.cdiv(c, block_c), n)
     _depthwise3x3_relu_kernel[grid](
