@@ -24,6 +24,11 @@ except ImportError:  # CPU-only installs: the PyTorch path below is used
     triton = None
 
 
+def _on_triton(x: torch.Tensor) -> bool:
+    """Whether the channels-last kernels below can take ``x``; otherwise their PyTorch path runs."""
+    return triton is not None and x.is_cuda and x.stride(1) == 1
+
+
 def upsample_argmax_reference(logits: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
     return resize(logits.float(), size, align_corners).argmax(dim=1).to(torch.uint8)
 
@@ -169,7 +174,7 @@ def depthwise3x3_relu(
     separable conv. On CUDA with channels-last input one Triton pass, whatever the dilation
     (cuDNN falls back to a slow grouped-direct kernel for dilated depthwise convs)."""
     n, c, h, w = x.shape
-    if triton is None or not x.is_cuda or x.stride(1) != 1:
+    if not _on_triton(x):
         return depthwise3x3_reference(x, weight, bias, dilation)
     out = torch.empty_like(x, memory_format=torch.channels_last)
     block_x, block_c, rows, warps = tiling
@@ -210,7 +215,7 @@ if triton is not None:
 def resize_concat(x: torch.Tensor, skip: torch.Tensor, align_corners: bool) -> torch.Tensor:
     """`cat([resize(x, skip's size), skip], dim=1)` without materialising the resized `x`: on
     CUDA the resize writes straight into its channel slice of the concatenated buffer."""
-    if triton is None or not x.is_cuda or x.stride(1) != 1:
+    if not _on_triton(x):
         return torch.cat([resize(x, skip.shape[2:], align_corners), skip], dim=1)
     n, c, h_in, w_in = x.shape
     h_out, w_out = skip.shape[2:]
@@ -306,7 +311,7 @@ if triton is not None:
 def max_pool3x3s2(x: torch.Tensor) -> torch.Tensor:
     """`F.max_pool2d(x, 3, 2, 1)`; on CUDA with channels-last input one Triton pass that reads the
     input once and writes only the pooled values."""
-    if triton is None or not x.is_cuda or x.stride(1) != 1:
+    if not _on_triton(x):
         return max_pool3x3s2_reference(x)
     n, c, h, w = x.shape
     h_out, w_out = (h - 1) // 2 + 1, (w - 1) // 2 + 1
