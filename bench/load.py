@@ -97,12 +97,16 @@ def _worker(job: tuple) -> list:
     return asyncio.run(_drive(*job))
 
 
-SEGMENT_LATENCY = 'deeplab_request_duration_seconds_bucket{endpoint="/segment",le="'
+# histogram bucket lines -> the key prefix their cumulative counts are kept under in a scrape
+HISTOGRAMS = {
+    'deeplab_request_duration_seconds_bucket{endpoint="/segment",le="': "le:",  # POST /segment latency
+    'deeplab_queue_wait_seconds_bucket{le="': "qw:",  # time in the batching queue
+}
 
 
 def scrape(url: str) -> dict[str, float]:
-    """The un-labelled and summed samples we need from /metrics, and POST /segment's latency
-    histogram as ``le:<bound>`` keys."""
+    """The un-labelled and summed samples we need from /metrics, and the buckets of POST
+    /segment's latency and of the queue wait as ``le:<bound>`` / ``qw:<bound>`` keys."""
     wanted = ("deeplab_batch_size_sum", "deeplab_batch_size_count", "deeplab_queue_wait_seconds_sum",
               "deeplab_queue_wait_seconds_count", "deeplab_inference_duration_seconds_sum", "deeplab_images_total")
     out = dict.fromkeys(wanted, 0.0)
@@ -110,15 +114,16 @@ def scrape(url: str) -> dict[str, float]:
         name = line.split("{")[0].split(" ")[0]
         if name in out:
             out[name] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith(SEGMENT_LATENCY):
-            out["le:" + line[len(SEGMENT_LATENCY) :].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+        for head, prefix in HISTOGRAMS.items():
+            if line.startswith(head):
+                out[prefix + line[len(head) :].split('"')[0]] = float(line.rsplit(" ", 1)[1])
     return out
 
 
-def histogram_quantile(delta: dict[str, float], q: float) -> float | None:
-    """Prometheus' histogram_quantile over the ``le:`` buckets of a scrape delta: linear within
+def histogram_quantile(delta: dict[str, float], q: float, prefix: str = "le:") -> float | None:
+    """Prometheus' histogram_quantile over the ``prefix`` buckets of a scrape delta: linear within
     the bucket that holds the q-th observation (so only as fine as the buckets)."""
-    buckets = sorted((float(k[3:]), v) for k, v in delta.items() if k.startswith("le:"))
+    buckets = sorted((float(k[len(prefix) :]), v) for k, v in delta.items() if k.startswith(prefix))
     if not buckets or not buckets[-1][1]:
         return None
     rank, lower, below = q * buckets[-1][1], 0.0, 0.0
@@ -156,7 +161,7 @@ def run_level(url, images, concurrency, rate, duration, warmup, processes, fmt) 
         if r[2] != 200:
             errors[str(r[2])] = errors.get(str(r[2]), 0) + 1
     delta = {k: after[k] - before.get(k, 0.0) for k in after}
-    server_p = lambda q: round(1e3 * v, 1) if (v := histogram_quantile(delta, q)) is not None else None  # noqa: E731
+    server_p = lambda q, prefix="le:": round(1e3 * v, 1) if (v := histogram_quantile(delta, q, prefix)) is not None else None  # noqa: E731
     pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None  # noqa: E731
     return {
         "concurrency": concurrency if not rate else None,
@@ -169,6 +174,7 @@ def run_level(url, images, concurrency, rate, duration, warmup, processes, fmt) 
         "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "mean": round(statistics.fmean(lat), 2) if lat else None},
         "mean_batch_size": round(delta["deeplab_batch_size_sum"] / delta["deeplab_batch_size_count"], 2) if delta["deeplab_batch_size_count"] else None,
         "server_mean_queue_wait_ms": round(1e3 * delta["deeplab_queue_wait_seconds_sum"] / max(delta["deeplab_queue_wait_seconds_count"], 1), 2),
+        "server_queue_wait_p99_ms": server_p(0.99, "qw:"),  # is the latency tail the batching queue?
         # Receive to response inside the server (bucket-interpolated): the rest of the client's
         # latency is the HTTP transfer and the load generator itself.
         "server_latency_ms": {"p50": server_p(0.50), "p99": server_p(0.99)},
@@ -289,8 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"\n{hw}: {served['config']} via HTTP, {served['backend']} {served['precision']} on {served['device']}, "
           f"max batch {served['batching']['max_batch_size']}, delay {served['batching']['max_queue_delay_ms']} ms")
-    print("| load | req/s | p50 ms | p90 ms | p99 ms | server p50 / p99 ms | mean batch | errors | inference-only img/s (same run) | e2e / inference-only | vs model_bench |")
-    print("|---|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|")
+    print("| load | req/s | p50 ms | p90 ms | p99 ms | server p50 / p99 ms | queue wait mean / p99 ms | mean batch | errors | inference-only img/s (same run) | e2e / inference-only | vs model_bench |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|")
     for r in rows:
         load = f"{r['concurrency']} clients" if r["concurrency"] else f"{r['rate_rps']} req/s offered"
         frac = r.get("vs_model_only")
@@ -299,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
         inf = r["server_inference_images_per_s"]
         same_run = f"{r['throughput_rps'] / inf:.2f}" if inf else "-"
         server = r["server_latency_ms"]
-        print(f"| {load} | {r['throughput_rps']:.2f} | {lat['p50']} | {lat['p90']} | {lat['p99']} | {server['p50']} / {server['p99']} | {r['mean_batch_size']} | {r['errors'] or '-'} | {inf} | {same_run} | {frac_text} |")
+        print(f"| {load} | {r['throughput_rps']:.2f} | {lat['p50']} | {lat['p90']} | {lat['p99']} | {server['p50']} / {server['p99']} | {r['server_mean_queue_wait_ms']} / {r['server_queue_wait_p99_ms']} | {r['mean_batch_size']} | {r['errors'] or '-'} | {inf} | {same_run} | {frac_text} |")
     name = slug(hw if served["device"].startswith("cuda") else "cpu")
     out = args.out or RESULTS / f"load_{name}_{served['backend']}_{served['precision']}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -3,8 +3,10 @@
     python -m bench.perf [--configs R-50-D8 ...] [--batches 1 4 8 16] [--profile R-50-D8]
 
 For each backbone: eager fp32 (TF32) at batch 1 (the reference), then the optimized network
-(`model.fast`) in fp16 channels_last at each batch, launched eagerly and replayed as a CUDA graph
-(as the service runs it), plus its label agreement with the fp32 reference. Prints a table, writes one JSON object per
+(`model.fast`) in fp16 channels_last at each batch, launched eagerly and replayed as a CUDA graph,
+from its normalised input (fp16, 8 channels: the image's 3, then zeros) to uint8 labels, plus its
+label agreement with the fp32 reference; then the graph the service replays, from uint8 pixels
+(the normalisation kernel included). Prints a table, writes one JSON object per
 measurement to bench/results/perf_<gpu>.json; `--profile R-50-D8` prints the top CUDA kernels of
 that backbone at batch 1 before and after.
 """
@@ -26,7 +28,13 @@ import torch
 
 from model import build_model, get_config
 from model.fast import optimize_for_inference, whole_image_labels
-from model.kernels import depthwise3x3_reference, depthwise3x3_relu, upsample_argmax, upsample_argmax_reference
+from model.kernels import (
+    depthwise3x3_reference,
+    depthwise3x3_relu,
+    upsample_argmax,
+    upsample_argmax_reference,
+)
+from model.preprocess import normalizer
 from service.backends.cuda_graphs import ShapeGraphs
 
 CONFIGS = {
@@ -56,6 +64,18 @@ def realistic_weights(net: torch.nn.Module) -> None:
     with torch.no_grad():
         net(torch.randn(2, 3, 512, 1024, generator=g).to(next(net.parameters()).device))
     net.eval()
+
+
+def network_input(x: torch.Tensor, net: torch.nn.Module) -> torch.Tensor:
+    """Normalised float N x 3 x H x W -> what ``net`` takes: fp16 channels-last, zero channels up
+    to ``net.input_channels`` (as the service's normalizer writes them)."""
+    x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, net.input_channels - x.shape[1]))
+    return x.half().contiguous(memory_format=torch.channels_last)
+
+
+def pixels_to_labels(net: torch.nn.Module, normalize):
+    """What the service's CUDA graph runs: uint8 N x H x W x 3 -> normalised input -> labels."""
+    return lambda pixels: whole_image_labels(net, normalize(pixels))
 
 
 def eager_labels(net):
@@ -149,7 +169,7 @@ def trained_agreement(image_dir: Path, count: int = 8) -> dict:
             x = normalize(rgb[None].cuda(), net.config)
             with strict_fp32():
                 ref = net(x).argmax(1)
-            got = whole_image_labels(fast, x.half().contiguous(memory_format=torch.channels_last))
+            got = whole_image_labels(fast, network_input(x, fast))
             same += (got == ref).sum().item()
             total += ref.numel()
     return {"model": DEFAULT_MODEL, "images": len(paths), "input": f"{H}x{W}", "agreement": round(same / total, 5)}
@@ -213,20 +233,24 @@ def main(argv: list[str] | None = None) -> None:
             if label in args.profile:
                 for x in (x1h, x8):
                     profile(eager_labels(eager16), x, f"{label} eager fp16 channels_last, batch {len(x)}")
-                    profile(fast_labels, x, f"{label} optimized fp16 channels_last, batch {len(x)}")
+                    profile(fast_labels, network_input(x, fast), f"{label} optimized fp16 channels_last, batch {len(x)}")
             record(label, "torch-eager", "fp16", 8, time_forward(eager_labels(eager16), x8, args.iters),
                    agreement=round(agree16, 5))  # fmt: skip
             del eager16, x8
-            agree = (fast_labels(x1h) == ref_labels).float().mean().item()
+            agree = (fast_labels(network_input(x1, fast)) == ref_labels).float().mean().item()
+            normalize = normalizer(net.config, "cuda", torch.float16, fast.input_channels)
+            service_labels = pixels_to_labels(fast, normalize)
             for b in args.batches:
-                xb = torch.randn(b, 3, H, W, device="cuda").half().contiguous(memory_format=torch.channels_last)
+                xb = network_input(torch.randn(b, 3, H, W, device="cuda"), fast)
                 record(label, "torch-optimized", "fp16", b, time_forward(fast_labels, xb, args.iters),
                        agreement=round(agree, 5))  # fmt: skip
-                graphs = ShapeGraphs(fast_labels, xb.device)  # as the service replays it
-                graphs.capture(tuple(xb.shape), xb.dtype)
-                replay = graphs.graph(tuple(xb.shape)).replay
-                record(label, "torch-optimized-graph", "fp16", b, time_forward(lambda _: replay(), xb, args.iters))
-                del graphs
+                pixels = torch.randint(0, 256, (b, H, W, 3), dtype=torch.uint8, device="cuda")
+                for backend, fn, inp in [("torch-optimized-graph", fast_labels, xb), ("torch-service-graph", service_labels, pixels)]:
+                    graphs = ShapeGraphs(fn, inp.device)
+                    graphs.capture(tuple(inp.shape), inp.dtype)
+                    replay = graphs.graph(tuple(inp.shape)).replay
+                    record(label, backend, "fp16", b, time_forward(lambda _: replay(), inp, args.iters))  # noqa: B023
+                    del graphs
         del net, fast, fast_labels
         torch.cuda.empty_cache()
     write()

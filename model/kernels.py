@@ -8,6 +8,11 @@
 - `spread_borders`: a 3x3 map spread over the border/interior regions of a full-size map.
 - `max_pool3x3s2`: the stem's 3x3 / stride 2 / padding 1 max pool without the int64 indices
   PyTorch's CUDA max pool writes even in inference (4x the bytes of the pooled output).
+- `normalize_pixels`: uint8 RGB -> normalised network input, zero-padded to more channels, in
+  one pass (PyTorch: four passes over float32, then cuDNN's own pass padding 3 channels to 8).
+- `separable_relu`: a whole separable conv (depthwise 3x3 + ReLU, then 1x1 + ReLU) as one GEMM
+  whose A operand is the depthwise result, computed tile by tile and never written out; it can
+  write into a channel slice (the ASPP's concat buffer).
 """
 
 from __future__ import annotations
@@ -212,16 +217,20 @@ if triton is not None:
         tl.store(out, v.to(dst.dtype.element_ty), mask=mask)
 
 
-def resize_concat(x: torch.Tensor, skip: torch.Tensor, align_corners: bool) -> torch.Tensor:
+def resize_concat(x: torch.Tensor, skip: torch.Tensor, align_corners: bool, channels: int | None = None) -> torch.Tensor:
     """`cat([resize(x, skip's size), skip], dim=1)` without materialising the resized `x`: on
-    CUDA the resize writes straight into its channel slice of the concatenated buffer."""
+    CUDA the resize writes straight into its channel slice of the concatenated buffer. With
+    ``channels``, zero channels follow up to that many."""
+    c, joined = x.shape[1], x.shape[1] + skip.shape[1]
+    channels = channels or joined
     if not _on_triton(x):
-        return torch.cat([resize(x, skip.shape[2:], align_corners), skip], dim=1)
-    n, c, h_in, w_in = x.shape
+        out = torch.cat([resize(x, skip.shape[2:], align_corners), skip], dim=1)
+        return F.pad(out, (0, 0, 0, 0, 0, channels - joined))
+    n, _, h_in, w_in = x.shape
     h_out, w_out = skip.shape[2:]
-    out = torch.empty((n, c + skip.shape[1], h_out, w_out), dtype=x.dtype, device=x.device,
-                      memory_format=torch.channels_last)  # fmt: skip
-    out[:, c:].copy_(skip)
+    out = torch.empty((n, channels, h_out, w_out), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    out[:, c:joined].copy_(skip)
+    out[:, joined:].zero_()
     block_p, block_c = 32, 128
     grid = (triton.cdiv(h_out * w_out, block_p), triton.cdiv(c, block_c), n)
     _resize_into_kernel[grid](
@@ -320,5 +329,136 @@ def max_pool3x3s2(x: torch.Tensor) -> torch.Tensor:
     grid = (triton.cdiv(h_out * w_out, block_p), triton.cdiv(c, block_c), n)
     _max_pool3x3s2_kernel[grid](
         x, out, c, h, w, h_out, w_out, x.stride(0), x.stride(2), x.stride(3), BLOCK_P=block_p, BLOCK_C=block_c,
+    )  # fmt: skip
+    return out
+
+
+def normalize_pixels_reference(
+    pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype, channels: int
+) -> torch.Tensor:
+    x = (pixels.permute(0, 3, 1, 2).float() - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    x = F.pad(x, (0, 0, 0, 0, 0, channels - x.shape[1]))
+    return x.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _normalize_pixels_kernel(
+        src, dst, mean, std, P, C_IN: tl.constexpr, C_OUT, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):  # fmt: skip
+        """(pixel - mean) / std of BLOCK_P pixels, written as C_OUT channels (zeros past C_IN)."""
+        p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+        c = tl.arange(0, BLOCK_C)
+        c_in = c < C_IN
+        ok = (p < P)[:, None] & c_in[None, :]
+        v = tl.load(src + p[:, None] * C_IN + c[None, :], mask=ok, other=0).to(tl.float32)
+        mu = tl.load(mean + c, mask=c_in, other=0.0)[None, :]
+        sd = tl.load(std + c, mask=c_in, other=1.0)[None, :]
+        out = tl.where(ok, tl.math.div_rn(v - mu, sd), 0.0)  # div_rn: IEEE division, as PyTorch's
+        tl.store(dst + p[:, None] * C_OUT + c[None, :], out.to(dst.dtype.element_ty), mask=(p < P)[:, None] & (c < C_OUT)[None, :])
+
+
+def normalize_pixels(
+    pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype = torch.float32, channels: int = 3
+) -> torch.Tensor:
+    """uint8 N x H x W x C_in -> ``dtype`` N x ``channels`` x H x W channels-last: ``(pixels -
+    mean) / std``, then zeros up to ``channels``. On CUDA one Triton pass (1 byte per channel in,
+    only the output written); cuDNN's fp16 convs want a multiple of 8 input channels and pad
+    a 3-channel input in a pass of their own."""
+    if triton is None or not pixels.is_cuda or not pixels.is_contiguous():
+        return normalize_pixels_reference(pixels, mean, std, dtype, channels)
+    n, h, w, c_in = pixels.shape
+    out = torch.empty((n, channels, h, w), dtype=dtype, device=pixels.device, memory_format=torch.channels_last)
+    block_p = 256
+    grid = (triton.cdiv(n * h * w, block_p),)
+    _normalize_pixels_kernel[grid](
+        pixels, out, mean.float(), std.float(), n * h * w, C_IN=c_in, C_OUT=channels,
+        BLOCK_P=block_p, BLOCK_C=triton.next_power_of_2(max(channels, c_in)),
+    )  # fmt: skip
+    return out
+
+
+def separable_relu_reference(
+    x: torch.Tensor, taps: torch.Tensor, dw_bias: torch.Tensor, dilation: int, pw_kn: torch.Tensor, pw_bias: torch.Tensor
+) -> torch.Tensor:
+    mid = depthwise3x3_reference(x, taps.t().reshape(-1, 1, 3, 3), dw_bias, dilation)
+    return F.relu(F.conv2d(mid, pw_kn.t()[..., None, None], pw_bias))
+
+
+if triton is not None:
+
+    @triton.jit
+    def _separable_relu_kernel(
+        src, taps, dw_b, pw_w, pw_b, dst, M, H, W, C, N_OUT, DIL, s_n, s_h, s_w, d_n, d_h, d_w,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        """A BLOCK_M pixels x BLOCK_N outputs tile. Per BLOCK_K channels: the depthwise 3x3 of those
+        pixels and channels (9 shifted loads, fp32 sums, bias, ReLU, rounded to the input dtype as
+        the two-kernel path rounds its intermediate) becomes the A tile of the 1x1 conv's GEMM."""
+        n_tiles = tl.cdiv(N_OUT, BLOCK_N)
+        pid = tl.program_id(0)  # the N tiles of one pixel tile run next to each other: A's loads hit L2
+        pid_m, pid_n = pid // n_tiles, pid % n_tiles
+        m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = m < M
+        img = (m // (H * W)).to(tl.int64)
+        y, x = (m % (H * W)) // W, m % W
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < N_OUT
+        base = src + img * s_n
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, C, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_ok = ks < C
+            a = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
+            for ty in tl.static_range(3):
+                yy = y + (ty - 1) * DIL
+                for tx in tl.static_range(3):
+                    xx = x + (tx - 1) * DIL
+                    ok = m_ok & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+                    v = tl.load(base[:, None] + (yy * s_h + xx * s_w)[:, None] + ks[None, :],
+                                mask=ok[:, None] & k_ok[None, :], other=0.0)  # fmt: skip
+                    tap = tl.load(taps + (ty * 3 + tx) * C + ks, mask=k_ok, other=0.0)
+                    a += v.to(tl.float32) * tap.to(tl.float32)[None, :]
+            bias = tl.load(dw_b + ks, mask=k_ok, other=0.0).to(tl.float32)
+            a = tl.maximum(a + bias[None, :], 0.0).to(src.dtype.element_ty)
+            b = tl.load(pw_w + ks[:, None] * N_OUT + cols[None, :], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc)
+        out = tl.maximum(acc + tl.load(pw_b + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :], 0.0)
+        ptr = dst + (img * d_n)[:, None] + (y * d_h + x * d_w)[:, None] + cols[None, :]
+        tl.store(ptr, out.to(dst.dtype.element_ty), mask=m_ok[:, None] & col_ok[None, :])
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): no register spills and no serialised wgmma
+# in ptxas's report for sm_90a (checked without a GPU); 107 KB of shared memory.
+SEPARABLE_TILING = (128, 256, 32, 8, 2)
+
+
+def separable_relu(
+    x: torch.Tensor,
+    taps: torch.Tensor,
+    dw_bias: torch.Tensor,
+    dilation: int,
+    pw_kn: torch.Tensor,
+    pw_bias: torch.Tensor,
+    out: torch.Tensor | None = None,
+    tiling: tuple[int, int, int, int, int] = SEPARABLE_TILING,
+) -> torch.Tensor:
+    """relu(1x1 conv(relu(depthwise 3x3(x, padding = dilation) + dw_bias)) + pw_bias): a BN-folded
+    separable conv. ``taps``: the depthwise weights as 9 x C, ``pw_kn``: the 1x1 weights as C x
+    C_out. Written into ``out`` (e.g. a channel slice of a concat buffer) when given. On CUDA with
+    fp16/bf16 channels-last tensors one Triton kernel; the depthwise result never reaches memory."""
+    n, c, h, w = x.shape
+    n_out = pw_kn.shape[1]
+    if out is None:
+        out = torch.empty((n, n_out, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    if not (_on_triton(x) and out.stride(1) == 1 and x.dtype in (torch.float16, torch.bfloat16)):
+        return out.copy_(separable_relu_reference(x, taps, dw_bias, dilation, pw_kn, pw_bias))
+    block_m, block_n, block_k, warps, stages = tiling
+    grid = (triton.cdiv(n * h * w, block_m) * triton.cdiv(n_out, block_n),)
+    _separable_relu_kernel[grid](
+        x, taps, dw_bias, pw_kn, pw_bias, out, n * h * w, h, w, c, n_out, dilation,
+        x.stride(0), x.stride(2), x.stride(3), out.stride(0), out.stride(2), out.stride(3),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out

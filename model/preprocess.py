@@ -6,6 +6,7 @@ bilinear resize with mmcv's size rounding, mean/std on RGB.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .configs import ModelConfig
-
+from .kernels import normalize_pixels
 
 ORIENTATION = 0x0112  # the EXIF tag
 
@@ -82,12 +83,15 @@ def test_resize(image: np.ndarray, config: ModelConfig) -> np.ndarray:
     return resize_image(image, rescale_size((image.shape[1], image.shape[0]), config.test_scale))
 
 
-def normalizer(config: ModelConfig, device: torch.device | str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`normalize` with mean and std placed on `device` once: no host-to-device copy per call,
-    so a CUDA graph can capture it."""
-    mean = torch.tensor(config.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(config.std, device=device).view(1, 3, 1, 1)
-    return lambda batch: (batch.permute(0, 3, 1, 2).float() - mean) / std
+def normalizer(
+    config: ModelConfig, device: torch.device | str, dtype: torch.dtype = torch.float32, channels: int = 3
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`normalize` with mean and std placed on `device` once (no host-to-device copy per call,
+    so a CUDA graph can capture it), its result cast to `dtype`, channels-last and zero-padded
+    to `channels` (for `model.fast`'s networks, whose first conv takes 8)."""
+    mean = torch.tensor(config.mean, device=device)
+    std = torch.tensor(config.std, device=device)
+    return functools.partial(normalize_pixels, mean=mean, std=std, dtype=dtype, channels=channels)
 
 
 def normalize(batch: torch.Tensor, config: ModelConfig) -> torch.Tensor:

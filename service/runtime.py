@@ -1,7 +1,8 @@
 """The segmentation pipeline behind /segment, independent of HTTP.
 
 Start-up loads the backend and warms it up in worker threads (so /healthz answers meanwhile), then
-starts the batcher. Per request: decode + resize/pad in the decode pool, wait for a batch on the
+starts the batcher. Per request: decode + resize/pad in the decode pool (which also
+hands the pixels to the backend's `stage`, e.g. to start the GPU upload), wait for a batch on the
 inference thread, crop/resize the labels back in the decode pool. The event loop only routes.
 """
 
@@ -97,17 +98,19 @@ class Runtime:
         self.lifecycle.draining = True
         self.metrics.ready.set(0)
 
-    def _run_batch(self, items: list[Prepared]) -> list[np.ndarray]:
-        return list(self.backend.infer_images([p.pixels for p in items]))
+    def _run_batch(self, staged: list) -> list[np.ndarray]:
+        return list(self.backend.infer_images(staged))
 
-    def _decode(self, data: bytes) -> tuple[np.ndarray, Prepared]:
+    def _decode(self, data: bytes) -> tuple[np.ndarray, Prepared, object]:
+        """Decode, resize/pad to the bucket, and hand the pixels to the backend's ``stage``."""
         rgb = codec.decode(data, self.settings.max_image_pixels)
-        return rgb, self.policy.prepare(rgb)
+        prepared = self.policy.prepare(rgb)
+        return rgb, prepared, self.backend.stage(prepared.pixels)
 
     async def segment(self, data: bytes) -> Segmentation:
         loop = asyncio.get_running_loop()
-        rgb, prepared = await loop.run_in_executor(self.pool, self._decode, data)
-        outcome = await self.batcher.submit(prepared.bucket, prepared)
+        rgb, prepared, staged = await loop.run_in_executor(self.pool, self._decode, data)
+        outcome = await self.batcher.submit(prepared.bucket, staged)
         self.metrics.queue_wait.observe(outcome.queue_s)
         labels = await loop.run_in_executor(self.pool, InputPolicy.restore, outcome.value, prepared)
         return Segmentation(rgb, labels, outcome)

@@ -81,7 +81,8 @@ def test_cuda_backend_serves_the_optimized_network_with_the_same_labels(cuda_gra
     """On CUDA the backend runs model.fast's rewrite and the fused upsample + argmax kernel,
     replayed as a CUDA graph for warmed-up shapes; in fp32 its labels must be the CPU
     reference's (up to summation-order ties), also for an uncaptured batch size and for two
-    threads calling at once (the batcher's two batches in flight)."""
+    threads calling at once (the batcher's two batches in flight) with inputs staged from other
+    threads (the codec threads)."""
     net = small_net(seed=5)
     images = np.stack([scene(i) for i in range(3)])
     cpu = TorchBackend(net=copy.deepcopy(net))
@@ -97,8 +98,10 @@ def test_cuda_backend_serves_the_optimized_network_with_the_same_labels(cuda_gra
         assert cuda.concurrent_batches == (2 if cuda_graphs else 1)
         assert (cuda.infer(images) == expected).mean() > 0.999
         assert (cuda.infer(images[:1]) == expected[:1]).mean() > 0.999  # not captured: eager
-        with ThreadPoolExecutor(2) as pool:
-            forward, backward = pool.map(cuda.infer_images, [list(images), list(images[::-1])])
+        with ThreadPoolExecutor(4) as pool:  # staged from other threads, as the codec threads do
+            staged = list(pool.map(cuda.stage, [*images, *images[::-1]]))
+            forward, backward = pool.map(cuda.infer_images, [staged[:3], staged[3:]])
         assert (forward == expected).mean() > 0.999 and (backward == expected[::-1]).mean() > 0.999
+        assert (cuda.infer_images(staged[:3]) == forward).all()  # staged inputs can be run again (batch retries)
     finally:
         torch.backends.cudnn.allow_tf32 = True

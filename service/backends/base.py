@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,10 +39,15 @@ class Backend(abc.ABC):
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """``N x H x W x 3`` uint8 RGB -> ``N x H x W`` uint8 class indices."""
 
-    def infer_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """``infer`` for a list of same-sized ``H x W x 3`` images (a backend may stage them
-        straight into its own input buffer instead of stacking first)."""
-        return self.infer(np.stack(images))
+    def stage(self, pixels: np.ndarray) -> Any:
+        """Prepare one ``H x W x 3`` image for a later ``infer_images``, in the caller's thread
+        (the service calls it in its codec threads, right after decoding, so that work stays off
+        the single inference thread; a GPU backend starts the upload here). Default: nothing."""
+        return pixels
+
+    def infer_images(self, staged: Sequence[Any]) -> np.ndarray:
+        """``infer`` for a list of same-sized images returned by ``stage``."""
+        return self.infer(np.stack(staged))
 
     def warm_up(self, shapes: Iterable[tuple[int, int, int]], tune: bool = True) -> None:
         """Run one batch of each ``(n, height, width)`` so that lazy initialisation, memory pools

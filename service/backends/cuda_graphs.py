@@ -1,26 +1,37 @@
-"""One captured CUDA graph per batch shape, replayed from pinned host memory.
+"""One captured CUDA graph per batch shape, fed by per-image uploads that start before the batch.
 
 Eager PyTorch launches ~150 kernels per DeepLabV3+ forward from Python. Under load the service's
 decode and encode threads hold the GIL much of the time, so the inference thread waits for it
 between launches and the GPU idles; a replayed graph is one launch. The graphs share one memory
 pool (they never run at the same time: all replays go to one stream, in order).
 
-Several threads may call at once (the batcher keeps two batches in flight so one batch's host
-work overlaps the other's GPU work). The copies run on their own streams, so one batch's upload
-and another's download overlap the compute stream's work instead of queueing on it (a batch of
-eight 2048x1024 images is 50 MB up and 16 MB down: ~2.5 ms of PCIe per 50 ms batch, which would
-otherwise leave the SMs idle). Only the compute stream's part is serialised under a lock: wait
-for the upload, copy it into the graph's static input, replay, copy the static output out (the
-next replay overwrites it). The caller waits for its download outside the lock. Shapes that were
-not captured run eagerly on the compute stream, under the same lock.
+Inputs reach the device one image at a time, ahead of their batch: ``stage`` copies an image into
+pinned memory and starts its upload on the upload stream, from the caller's thread (the service's
+codec threads, right after decoding), so a batch starts with its pixels already on the device and
+the inference thread only gathers them (one device-to-device copy). Several threads may call at
+once (the batcher keeps two batches in flight). Only the compute stream's part is serialised under
+a lock: wait for the batch's uploads, gather them into the graph's static input, replay, copy the
+static output out (the next replay overwrites it). The download runs on its own stream, so one
+batch's download overlaps the next one's compute; the caller waits for it outside the lock. Shapes
+that were not captured run eagerly on the compute stream, under the same lock.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+
+@dataclass(frozen=True)
+class Staged:
+    """One input on its way to the device: the device tensor and the event of its upload."""
+
+    tensor: torch.Tensor
+    uploaded: torch.cuda.Event
 
 
 class ShapeGraphs:
@@ -58,23 +69,31 @@ class ShapeGraphs:
         """The graph captured for ``shape`` (its replay alone times the GPU work, as bench.perf does)."""
         return self._graphs[tuple(shape)][0]
 
-    @torch.inference_mode()
-    def __call__(self, host: torch.Tensor) -> torch.Tensor:
-        """``host`` (pinned CPU tensor) -> ``fn(host on the device)`` as a CPU tensor."""
-        entry = self._graphs.get(tuple(host.shape))
-        compute = torch.cuda.current_stream(self.device)
+    def stage(self, pixels: np.ndarray) -> Staged:
+        """Start copying one uint8 input to the device; returns at once (the copy runs on the upload stream)."""
+        host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
+        np.copyto(host.numpy(), pixels)  # single-threaded and GIL-free, unlike torch's copy_ on CPU
         with torch.cuda.stream(self._upload):
-            staged = host.to(self.device, non_blocking=True)
+            tensor = host.to(self.device, non_blocking=True)  # the host block stays reserved until this copy ends
             uploaded = torch.cuda.Event()
             uploaded.record()
+        return Staged(tensor, uploaded)
+
+    @torch.inference_mode()
+    def __call__(self, items: Sequence[Staged]) -> torch.Tensor:
+        """Staged inputs -> ``fn(their stack)`` as a pinned CPU tensor."""
+        entry = self._graphs.get((len(items), *items[0].tensor.shape))
+        compute = torch.cuda.current_stream(self.device)
         with self._lock:
-            compute.wait_event(uploaded)  # this batch's upload only, not a later caller's
-            staged.record_stream(compute)  # the allocator must not reuse it before compute reads it
+            for item in items:
+                compute.wait_event(item.uploaded)
+                item.tensor.record_stream(compute)  # the allocator must not reuse it before compute reads it
+            tensors = [item.tensor for item in items]
             if entry is None:
-                out = self.fn(staged)
+                out = self.fn(torch.stack(tensors))
             else:
                 graph, static_in, static_out = entry
-                static_in.copy_(staged)
+                torch.stack(tensors, out=static_in)
                 graph.replay()
                 out = static_out.clone()
             # Enqueued under the lock too, so the download stream waits for this batch's compute

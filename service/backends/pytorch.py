@@ -9,10 +9,10 @@ On CUDA the network is first rewritten by `model.fast.optimize_for_inference` (B
 conv + bias + residual + ReLU, Triton depthwise and resize kernels) and whole-image inference
 ends in the fused upsample + argmax kernel, which never writes full-resolution logits. With
 `cuda_graphs` (the default on CUDA) every warmed-up batch shape is captured once and replayed
-(`service.backends.cuda_graphs`), and two batches may be in flight: one staged into pinned memory
-while the other runs. (`torch.compile` of the rewritten network measured at most 4% faster, for
-R-18 only, before CUDA graphs, and its dynamic-shape graphs break on the Triton kernels' float
-arguments, so it is not offered.)
+(`service.backends.cuda_graphs`), each image is uploaded by `stage` as soon as it is decoded,
+and two batches may be in flight. (`torch.compile` of the rewritten network measured at most 4%
+faster, for R-18 only, before CUDA graphs, and its dynamic-shape graphs break on the Triton
+kernels' float arguments, so it is not offered.)
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class TorchBackend(Backend):
             torch.backends.cudnn.benchmark = True
             self.net = optimize_for_inference(self.net.to(self._device))
         self.net = self.net.to(self._device, self._dtype, memory_format=torch.channels_last).eval()
-        self._normalize = normalizer(self.config, self._device)
+        self._normalize = normalizer(self.config, self._device, self._dtype, self.net.input_channels)
         if self._device.type == "cuda" and self.cuda_graphs and self.config.inference == "whole":
             self._graphs = ShapeGraphs(self._pixels_to_labels, self._device)
             self.concurrent_batches = 2
@@ -63,7 +63,7 @@ class TorchBackend(Backend):
 
     def _pixels_to_labels(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 N x H x W x 3 on the device -> uint8 N x H x W labels on the device."""
-        x = self._normalize(pixels).to(self._dtype).contiguous(memory_format=torch.channels_last)
+        x = self._normalize(pixels)  # in the weights' dtype, channels-last
         cfg = self.config
         if cfg.inference == "slide":
             return slide_logits(self.net, x, cfg.slide_crop, cfg.slide_stride).argmax(dim=1).to(torch.uint8)
@@ -80,17 +80,18 @@ class TorchBackend(Backend):
         finally:
             torch.backends.cudnn.benchmark = benchmark
 
-    def infer_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    def stage(self, pixels: np.ndarray):
+        return pixels if self._graphs is None else self._graphs.stage(pixels)
+
+    def infer_images(self, staged: Sequence) -> np.ndarray:
         if self._graphs is None:
-            return super().infer_images(images)
-        host = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=True)
-        np.stack(images, out=host.numpy())  # the only host copy: straight into pinned memory
-        return self._graphs(host).numpy()
+            return super().infer_images(staged)
+        return self._graphs(staged).numpy()
 
     @torch.inference_mode()
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if self._graphs is not None:
-            return self.infer_images(batch)
+            return self.infer_images([self.stage(pixels) for pixels in batch])
         x = torch.from_numpy(batch)
         if self._device.type == "cuda":
             x = x.pin_memory()
