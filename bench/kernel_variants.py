@@ -1,6 +1,6 @@
 """Candidate versions of the inference kernels at R-50-D8's shapes (1024x2048 input), timed in one run.
 
-    python -m bench.kernel_variants [--batch 8] [--parts separable maxpool aspp1x1 depthwise] [--out FILE]
+    python -m bench.kernel_variants [--batch 8] [--parts maxpool aspp1x1 depthwise] [--out FILE]
 
 - depthwise 3x3 + bias + ReLU (the separable convs' first half): our Triton kernel over a grid of
   tilings, against cuDNN (`F.conv2d` + ReLU, and `cudnn_convolution_relu`), at the ASPP's shapes
@@ -9,11 +9,7 @@
 - the stem's 3x3 / stride 2 max pool: PyTorch (writes int64 indices too) against `max_pool3x3s2`;
 - the ASPP's four 1x1 convs (2048 -> 512, + bias + ReLU) and their concat: four cuDNN calls +
   `torch.cat`, against four GEMMs with a bias + ReLU epilogue written straight into column slices
-  of the concat buffer (`torch._addmm_activation(out=...)`);
-- whole separable convs (depthwise 3x3 + ReLU, 1x1 + ReLU) at the ASPP's and the decoder's shapes:
-  our depthwise kernel then cuDNN's 1x1 (+ the copy into a concat slice, as the ASPP needs), against
-  `separable_relu` (one Triton GEMM computing its A tiles as depthwise results) over its tilings,
-  written into the slice.
+  of the concat buffer (`torch._addmm_activation(out=...)`).
 Each row: ms per batch (median, CUDA events, L2 flushed between runs), the bandwidth of its
 compulsory bytes (each input read once, each output written once), max |error| against the
 reference. Tables are printed; all rows go to the JSON file.
@@ -39,23 +35,16 @@ TILINGS = [  # (BLOCK_X, BLOCK_C, ROWS, num_warps); the first was shipped before
 ]  # fmt: skip
 
 
-SEPARABLE_TILINGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): no spills in ptxas's sm_90a report
-    (128, 256, 32, 8, 2), (128, 256, 32, 8, 3), (128, 256, 16, 8, 3), (64, 128, 64, 4, 2), (128, 128, 64, 8, 2),
-]  # fmt: skip
-
-
 def bench_ms(fn) -> float:
     import triton.testing
 
     return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
 
 
-def row(table: list, kind: str, shape: str, variant: str, ms: float, nbytes: int, err: float, flops: int = 0) -> None:
+def row(table: list, kind: str, shape: str, variant: str, ms: float, nbytes: int, err: float) -> None:
     table.append({"kernel": kind, "shape": shape, "variant": variant, "ms": round(ms, 4),
-                  "gb_per_s": round(nbytes / ms / 1e6, 1), "max_abs_err": err,
-                  **({"tflop_per_s": round(flops / ms / 1e9, 1)} if flops else {})})  # fmt: skip
-    rate = f" {flops / ms / 1e9:6.1f} TFLOP/s" if flops else ""
-    print(f"{kind:<10} {shape:<28} {variant:<34} {ms:8.3f} ms {nbytes / ms / 1e6:8.1f} GB/s{rate}  err {err:.3g}", flush=True)
+                  "gb_per_s": round(nbytes / ms / 1e6, 1), "max_abs_err": err})  # fmt: skip
+    print(f"{kind:<10} {shape:<28} {variant:<34} {ms:8.3f} ms {nbytes / ms / 1e6:8.1f} GB/s  err {err:.3g}", flush=True)
 
 
 def depthwise(batch: int, table: list) -> None:
@@ -114,36 +103,11 @@ def aspp_pointwise(batch: int, table: list) -> None:
         row(table, "aspp 1x1", f"4x {batch}x2048x128x256->512", name, bench_ms(fn), nbytes, err)
 
 
-def separable(batch: int, table: list) -> None:
-    half = {"device": "cuda", "dtype": torch.float16}
-    for c, h, w, d in [(2048, 128, 256, 12), (2048, 128, 256, 24), (2048, 128, 256, 36), (560, 256, 512, 1), (512, 256, 512, 1)]:
-        x = torch.randn(batch, c, h, w, **half).contiguous(memory_format=torch.channels_last)
-        dw_weight, dw_bias = torch.randn(c, 1, 3, 3, **half) / 3, torch.randn(c, **half)
-        pw_weight, pw_bias = torch.randn(512, c, 1, 1, **half) / c**0.5, torch.randn(512, **half)
-        taps, pw_kn = dw_weight.view(c, 9).t().contiguous(), pw_weight.view(512, c).t().contiguous()
-        ref = kernels.separable_relu_reference(x.float(), taps.float(), dw_bias.float(), d, pw_kn.float(), pw_bias.float())
-        concat = torch.empty(batch, 2048, h, w, **half, memory_format=torch.channels_last)
-        part = concat[:, 512:1024]  # a slice of a concat buffer, as in the ASPP
-        shape, nbytes, flops = f"{batch}x{c}x{h}x{w} d{d} ->512", (x.numel() + ref.numel()) * 2, 2 * ref.numel() * c
-
-        def two_kernels():
-            mid = kernels.depthwise3x3_relu(x, dw_weight, dw_bias, d)
-            return torch.cudnn_convolution_relu(mid, pw_weight, pw_bias, (1, 1), (0, 0), (1, 1), 1)
-
-        candidates = {"triton depthwise + cudnn 1x1": two_kernels, "... + copy into a slice": lambda: part.copy_(two_kernels())}
-        for t in SEPARABLE_TILINGS:
-            candidates["fused " + "x".join(map(str, t))] = lambda t=t: kernels.separable_relu(
-                x, taps, dw_bias, d, pw_kn, pw_bias, out=part, tiling=t)  # fmt: skip
-        for name, fn in candidates.items():
-            err = (fn().float() - ref).abs().max().item()
-            row(table, "separable", shape, name, bench_ms(fn), nbytes, err, flops)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--out", type=Path)
-    parts = {"separable": separable, "maxpool": max_pool, "aspp1x1": aspp_pointwise, "depthwise": depthwise}
+    parts = {"maxpool": max_pool, "aspp1x1": aspp_pointwise, "depthwise": depthwise}
     p.add_argument("--parts", nargs="+", choices=list(parts), default=list(parts))
     args = p.parse_args(argv)
     torch.backends.cudnn.benchmark = True

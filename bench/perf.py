@@ -28,12 +28,7 @@ import torch
 
 from model import build_model, get_config
 from model.fast import optimize_for_inference, whole_image_labels
-from model.kernels import (
-    depthwise3x3_reference,
-    depthwise3x3_relu,
-    upsample_argmax,
-    upsample_argmax_reference,
-)
+from model.kernels import depthwise3x3_reference, depthwise3x3_relu, upsample_argmax, upsample_argmax_reference
 from model.preprocess import normalizer
 from service.backends.cuda_graphs import ShapeGraphs
 

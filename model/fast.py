@@ -7,10 +7,6 @@
 - `FusedDepthwise`: the depthwise 3x3 convs of the separable convs (+ bias + ReLU) as one Triton
   pass (`model.kernels.depthwise3x3_relu`); cuDNN runs the ASPP's dilated ones (2048 channels,
   dilation 12/24/36) with a slow grouped-direct kernel, 3.3 ms each at 1024x2048 on an H100.
-- `FusedSeparable`: the ASPP's separable convs (depthwise + ReLU, 1x1 + ReLU) as one Triton GEMM
-  whose A tiles are the depthwise results (`model.kernels.separable_relu`), written straight into
-  their slices of the concat buffer: the 2048-channel depthwise outputs and the concat copy never
-  touch memory.
 - `StemMaxPool`: the stem's max pool without PyTorch's int64 indices (`model.kernels.max_pool3x3s2`).
 - `FastASPPHead`: the image-pool branch's share of the bottleneck conv computed on a 3x3 map
   instead of over a broadcast full-size map, and the decoder's resize + concat as one pass
@@ -31,15 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import ConvModule, DepthwiseSeparableASPPHead, DepthwiseSeparableConvModule
-from .kernels import (
-    depthwise3x3_relu,
-    max_pool3x3s2,
-    resize_concat,
-    separable_relu,
-    spread_borders,
-    upsample_argmax,
-)
+from .heads import ConvModule, DepthwiseSeparableASPPHead
+from .kernels import depthwise3x3_relu, max_pool3x3s2, resize_concat, spread_borders, upsample_argmax
 from .network import DeepLabV3Plus
 from .resnet import BasicBlock, Bottleneck
 
@@ -109,24 +98,6 @@ class FusedDepthwise(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return depthwise3x3_relu(x, self.weight, self.bias, self.dilation)
-
-
-class FusedSeparable(nn.Module):
-    """A fused `DepthwiseSeparableConvModule` (`FusedDepthwise` then `FusedConv`) as one kernel,
-    its weights in the kernel's layouts: depthwise taps 9 x C, 1x1 weights C x C_out."""
-
-    def __init__(self, module: DepthwiseSeparableConvModule):
-        super().__init__()
-        depthwise, pointwise = module.depthwise_conv, module.pointwise_conv
-        channels = depthwise.weight.shape[0]
-        frozen = lambda t: nn.Parameter(t.detach().clone(), requires_grad=False)  # noqa: E731
-        self.taps = frozen(depthwise.weight.view(channels, 9).t().contiguous())
-        self.dw_bias, self.dilation = frozen(depthwise.bias), depthwise.dilation
-        self.pw_weight = frozen(pointwise.weight.view(-1, channels).t().contiguous())
-        self.pw_bias = frozen(pointwise.bias)
-
-    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        return separable_relu(x, self.taps, self.dw_bias, self.dilation, self.pw_weight, self.pw_bias, out)
 
 
 class FusedBlock(nn.Module):
@@ -209,8 +180,7 @@ def _constant_map_conv(value: torch.Tensor, weight: torch.Tensor, size: tuple[in
 class FastASPPHead(DepthwiseSeparableASPPHead):
     """The decode head with fewer passes over its largest tensors; same weights, same function.
 
-    The ASPP's separable branches are `FusedSeparable`s writing into the concat buffer. The
-    image-pool branch is one value per image and channel, broadcast over the map; its share of
+    The image-pool branch is one value per image and channel, broadcast over the map; its share of
     the 3x3 bottleneck conv (a fifth of the head's largest conv) is computed on a 3 x 3 map by
     `_constant_map_conv` and enters the bottleneck as its residual, so the broadcast map is never
     built or concatenated. The decoder's resize + concat is one pass (`resize_concat`)."""
@@ -225,33 +195,16 @@ class FastASPPHead(DepthwiseSeparableASPPHead):
         pool_channels = head.image_pool[-1].weight.shape[0]
         head.pool_weight = nn.Parameter(weight[:, :pool_channels].clone(), requires_grad=False)
         head.bottleneck.weight = nn.Parameter(weight[:, pool_channels:].clone(), requires_grad=False)
-        for i, branch in enumerate(head.aspp_modules):
-            if isinstance(branch, DepthwiseSeparableConvModule):
-                head.aspp_modules[i] = FusedSeparable(branch)
         separable = head.sep_bottleneck[0]
         head.concat_channels = _round_up(separable.depthwise_conv.weight.shape[0])
         _zero_pad_inputs(separable.depthwise_conv, head.concat_channels)
         _zero_pad_inputs(separable.pointwise_conv, head.concat_channels)
         return head
 
-    def _aspp_concat(self, x: torch.Tensor) -> torch.Tensor:
-        """The ASPP branches' outputs, each written into its slice of one channels-last buffer."""
-        n, _, h, w = x.shape
-        width = self.bottleneck.weight.shape[1] // len(self.aspp_modules)
-        concat = torch.empty((n, width * len(self.aspp_modules), h, w), dtype=x.dtype, device=x.device,
-                             memory_format=torch.channels_last)  # fmt: skip
-        for i, branch in enumerate(self.aspp_modules):
-            part = concat[:, i * width : (i + 1) * width]
-            if isinstance(branch, FusedSeparable):
-                branch(x, out=part)
-            else:
-                part.copy_(branch(x))
-        return concat
-
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[3]
         pool = _constant_map_conv(self.image_pool(x), self.pool_weight, x.shape[2:], x)
-        out = self.bottleneck(self._aspp_concat(x), residual=pool)
+        out = self.bottleneck(torch.cat([m(x) for m in self.aspp_modules], dim=1), residual=pool)
         concat = resize_concat(out, self.c1_bottleneck(feats[0]), self.align_corners, self.concat_channels)
         out = self.sep_bottleneck(concat)
         return self.conv_seg(out)

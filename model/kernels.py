@@ -10,9 +10,6 @@
   PyTorch's CUDA max pool writes even in inference (4x the bytes of the pooled output).
 - `normalize_pixels`: uint8 RGB -> normalised network input, zero-padded to more channels, in
   one pass (PyTorch: four passes over float32, then cuDNN's own pass padding 3 channels to 8).
-- `separable_relu`: a whole separable conv (depthwise 3x3 + ReLU, then 1x1 + ReLU) as one GEMM
-  whose A operand is the depthwise result, computed tile by tile and never written out; it can
-  write into a channel slice (the ASPP's concat buffer).
 """
 
 from __future__ import annotations
@@ -378,87 +375,3 @@ def normalize_pixels(
     )  # fmt: skip
     return out
 
-
-def separable_relu_reference(
-    x: torch.Tensor, taps: torch.Tensor, dw_bias: torch.Tensor, dilation: int, pw_kn: torch.Tensor, pw_bias: torch.Tensor
-) -> torch.Tensor:
-    mid = depthwise3x3_reference(x, taps.t().reshape(-1, 1, 3, 3), dw_bias, dilation)
-    return F.relu(F.conv2d(mid, pw_kn.t()[..., None, None], pw_bias))
-
-
-if triton is not None:
-
-    @triton.jit
-    def _separable_relu_kernel(
-        src, taps, dw_b, pw_w, pw_b, dst, M, H, W, C, N_OUT, DIL, s_n, s_h, s_w, d_n, d_h, d_w,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    ):  # fmt: skip
-        """A BLOCK_M pixels x BLOCK_N outputs tile. Per BLOCK_K channels: the depthwise 3x3 of those
-        pixels and channels (9 shifted loads, fp32 sums, bias, ReLU, rounded to the input dtype as
-        the two-kernel path rounds its intermediate) becomes the A tile of the 1x1 conv's GEMM."""
-        n_tiles = tl.cdiv(N_OUT, BLOCK_N)
-        pid = tl.program_id(0)  # the N tiles of one pixel tile run next to each other: A's loads hit L2
-        pid_m, pid_n = pid // n_tiles, pid % n_tiles
-        m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        m_ok = m < M
-        img = (m // (H * W)).to(tl.int64)
-        y, x = (m % (H * W)) // W, m % W
-        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_ok = cols < N_OUT
-        base = src + img * s_n
-        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for k0 in range(0, C, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < C
-            a = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
-            for ty in tl.static_range(3):
-                yy = y + (ty - 1) * DIL
-                for tx in tl.static_range(3):
-                    xx = x + (tx - 1) * DIL
-                    ok = m_ok & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-                    v = tl.load(base[:, None] + (yy * s_h + xx * s_w)[:, None] + ks[None, :],
-                                mask=ok[:, None] & k_ok[None, :], other=0.0)  # fmt: skip
-                    tap = tl.load(taps + (ty * 3 + tx) * C + ks, mask=k_ok, other=0.0)
-                    a += v.to(tl.float32) * tap.to(tl.float32)[None, :]
-            bias = tl.load(dw_b + ks, mask=k_ok, other=0.0).to(tl.float32)
-            a = tl.maximum(a + bias[None, :], 0.0).to(src.dtype.element_ty)
-            b = tl.load(pw_w + ks[:, None] * N_OUT + cols[None, :], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-            acc = tl.dot(a, b, acc)
-        out = tl.maximum(acc + tl.load(pw_b + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :], 0.0)
-        ptr = dst + (img * d_n)[:, None] + (y * d_h + x * d_w)[:, None] + cols[None, :]
-        tl.store(ptr, out.to(dst.dtype.element_ty), mask=m_ok[:, None] & col_ok[None, :])
-
-
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): no register spills and no serialised wgmma
-# in ptxas's report for sm_90a (checked without a GPU); 107 KB of shared memory.
-SEPARABLE_TILING = (128, 256, 32, 8, 2)
-
-
-def separable_relu(
-    x: torch.Tensor,
-    taps: torch.Tensor,
-    dw_bias: torch.Tensor,
-    dilation: int,
-    pw_kn: torch.Tensor,
-    pw_bias: torch.Tensor,
-    out: torch.Tensor | None = None,
-    tiling: tuple[int, int, int, int, int] = SEPARABLE_TILING,
-) -> torch.Tensor:
-    """relu(1x1 conv(relu(depthwise 3x3(x, padding = dilation) + dw_bias)) + pw_bias): a BN-folded
-    separable conv. ``taps``: the depthwise weights as 9 x C, ``pw_kn``: the 1x1 weights as C x
-    C_out. Written into ``out`` (e.g. a channel slice of a concat buffer) when given. On CUDA with
-    fp16/bf16 channels-last tensors one Triton kernel; the depthwise result never reaches memory."""
-    n, c, h, w = x.shape
-    n_out = pw_kn.shape[1]
-    if out is None:
-        out = torch.empty((n, n_out, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    if not (_on_triton(x) and out.stride(1) == 1 and x.dtype in (torch.float16, torch.bfloat16)):
-        return out.copy_(separable_relu_reference(x, taps, dw_bias, dilation, pw_kn, pw_bias))
-    block_m, block_n, block_k, warps, stages = tiling
-    grid = (triton.cdiv(n * h * w, block_m) * triton.cdiv(n_out, block_n),)
-    _separable_relu_kernel[grid](
-        x, taps, dw_bias, pw_kn, pw_bias, out, n * h * w, h, w, c, n_out, dilation,
-        x.stride(0), x.stride(2), x.stride(3), out.stride(0), out.stride(2), out.stride(3),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
-    )  # fmt: skip
-    return out

@@ -13,8 +13,6 @@ from model.kernels import (
     normalize_pixels,
     normalize_pixels_reference,
     resize_concat,
-    separable_relu,
-    separable_relu_reference,
     spread_borders,
     spread_borders_reference,
     triton,
@@ -155,40 +153,3 @@ def test_resize_concat_pads_with_zero_channels_on_cpu():
     assert out.shape == (1, 16, 10, 14) and torch.equal(out[:, :9], resize_concat(x, skip, False))
     assert not out[:, 9:].any()
 
-
-def _separable_weights(c: int, c_out: int, device: str = "cpu", dtype=torch.float32):
-    g = torch.Generator().manual_seed(c)
-    taps, dw_bias = torch.randn(9, c, generator=g) / 3, torch.randn(c, generator=g)
-    pw_kn, pw_bias = torch.randn(c, c_out, generator=g) / c**0.5, torch.randn(c_out, generator=g)
-    return [t.to(device, dtype) for t in (taps, dw_bias, pw_kn, pw_bias)]
-
-
-def test_separable_cpu_path_is_depthwise_then_pointwise_into_the_slice():
-    x = torch.randn(2, 6, 9, 11)
-    taps, dw_bias, pw_kn, pw_bias = _separable_weights(6, 5)
-    depthwise = torch.relu(torch.nn.functional.conv2d(x, taps.t().reshape(6, 1, 3, 3), dw_bias, 1, 2, 2, 6))
-    expected = torch.relu(torch.einsum("nchw,co->nohw", depthwise, pw_kn) + pw_bias.view(1, 5, 1, 1))
-    concat = torch.zeros(2, 15, 9, 11)
-    separable_relu(x, taps, dw_bias, 2, pw_kn, pw_bias, out=concat[:, 5:10])
-    assert torch.allclose(concat[:, 5:10], expected, atol=1e-5)
-    assert not concat[:, :5].any() and not concat[:, 10:].any()
-
-
-@needs_gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize(("c", "c_out", "size", "dilation"), [
-    (64, 512, (33, 70), 12),  # ASPP-like: dilation past the map's height
-    (140, 128, (17, 9), 1),  # channels and pixels no multiple of the tiles
-    (40, 24, (5, 300), 3),  # fewer outputs than a tile
-])  # fmt: skip
-def test_triton_separable_matches_two_convs(dtype, c, c_out, size, dilation):
-    x = torch.randn(2, c, *size, device="cuda").to(dtype).contiguous(memory_format=torch.channels_last)
-    weights = _separable_weights(c, c_out, "cuda", dtype)
-    depthwise = depthwise3x3_reference(x.float(), weights[0].float().t().reshape(c, 1, 3, 3), weights[1].float(), dilation)
-    ref = torch.relu(torch.einsum("nchw,co->nohw", depthwise.to(dtype).float(), weights[2].float()) + weights[3].float().view(1, -1, 1, 1))
-    concat = torch.zeros(2, c_out + 16, *size, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
-    separable_relu(x, weights[0], weights[1], dilation, weights[2], weights[3], out=concat[:, 8 : 8 + c_out])
-    tol = 2e-2 if dtype == torch.float16 else 1e-1
-    assert torch.allclose(concat[:, 8 : 8 + c_out].float(), ref, atol=tol, rtol=tol)
-    assert not concat[:, :8].any() and not concat[:, 8 + c_out :].any()
-    assert torch.allclose(separable_relu(x, *weights[:2], dilation, *weights[2:]).float(), ref, atol=tol, rtol=tol)
