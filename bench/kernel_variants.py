@@ -1,6 +1,6 @@
 """Candidate versions of the inference kernels at R-50-D8's shapes (1024x2048 input), timed in one run.
 
-    python -m bench.kernel_variants [--batch 8] [--parts maxpool aspp1x1 depthwise] [--out FILE]
+    python -m bench.kernel_variants [--batch 8] [--parts head maxpool aspp1x1 depthwise] [--out FILE]
 
 - depthwise 3x3 + bias + ReLU (the separable convs' first half): our Triton kernel over a grid of
   tilings, against cuDNN (`F.conv2d` + ReLU, and `cudnn_convolution_relu`), at the ASPP's shapes
@@ -9,7 +9,10 @@
 - the stem's 3x3 / stride 2 max pool: PyTorch (writes int64 indices too) against `max_pool3x3s2`;
 - the ASPP's four 1x1 convs (2048 -> 512, + bias + ReLU) and their concat: four cuDNN calls +
   `torch.cat`, against four GEMMs with a bias + ReLU epilogue written straight into column slices
-  of the concat buffer (`torch._addmm_activation(out=...)`).
+  of the concat buffer (`torch._addmm_activation(out=...)`);
+- the head's passes: the ASPP's concat (`torch.cat` against `concat_channels`) and the final
+  upsample + argmax from channels-last logits against from a channels-first copy (error column:
+  the fraction of labels that differ from the fp32 reference).
 Each row: ms per batch (median, CUDA events, L2 flushed between runs), the bandwidth of its
 compulsory bytes (each input read once, each output written once), max |error| against the
 reference. Tables are printed; all rows go to the JSON file.
@@ -103,11 +106,28 @@ def aspp_pointwise(batch: int, table: list) -> None:
         row(table, "aspp 1x1", f"4x {batch}x2048x128x256->512", name, bench_ms(fn), nbytes, err)
 
 
+def head_passes(batch: int, table: list) -> None:
+    half = {"device": "cuda", "dtype": torch.float16}
+    maps = [torch.randn(batch, 512, 128, 256, **half).contiguous(memory_format=torch.channels_last) for _ in range(4)]
+    ref = torch.cat(maps, 1)
+    for name, fn in {"torch.cat": lambda: torch.cat(maps, 1), "concat_channels": lambda: kernels.concat_channels(maps)}.items():
+        row(table, "concat", f"4x {batch}x512x128x256", name, bench_ms(fn), 2 * ref.numel() * 2, (fn() - ref).abs().max().item())
+    logits = torch.randn(batch, 19, 256, 512, **half).contiguous(memory_format=torch.channels_last)
+    size = (1024, 2048)
+    labels = kernels.upsample_argmax_reference(logits, size, False)
+    for name, fn in {
+        "channels-last logits": lambda: kernels.upsample_argmax(logits, size, False),
+        "contiguous() then kernel": lambda: kernels.upsample_argmax(logits.contiguous(), size, False),
+    }.items():
+        err = 1 - (fn() == labels).float().mean().item()
+        row(table, "upsample", f"{batch}x19x256x512->1024x2048", name, bench_ms(fn), logits.numel() * 2 + labels.numel(), err)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--out", type=Path)
-    parts = {"maxpool": max_pool, "aspp1x1": aspp_pointwise, "depthwise": depthwise}
+    parts = {"head": head_passes, "maxpool": max_pool, "aspp1x1": aspp_pointwise, "depthwise": depthwise}
     p.add_argument("--parts", nargs="+", choices=list(parts), default=list(parts))
     args = p.parse_args(argv)
     torch.backends.cudnn.benchmark = True

@@ -9,7 +9,8 @@
   dilation 12/24/36) with a slow grouped-direct kernel, 3.3 ms each at 1024x2048 on an H100.
 - `StemMaxPool`: the stem's max pool without PyTorch's int64 indices (`model.kernels.max_pool3x3s2`).
 - `FastASPPHead`: the image-pool branch's share of the bottleneck conv computed on a 3x3 map
-  instead of over a broadcast full-size map, and the decoder's resize + concat as one pass
+  instead of over a broadcast full-size map, the ASPP's concat at memory speed
+  (`model.kernels.concat_channels`), and the decoder's resize + concat as one pass
   (`model.kernels.resize_concat`).
 - Channel padding: cuDNN's fp16 tensor-core convs take input channels in multiples of 8 and pad
   any other count in a pass of their own (`nhwcAddPaddingKernel`: 3% of R-18-D8's time, for the
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .heads import ConvModule, DepthwiseSeparableASPPHead
-from .kernels import depthwise3x3_relu, max_pool3x3s2, resize_concat, spread_borders, upsample_argmax
+from .kernels import concat_channels, depthwise3x3_relu, max_pool3x3s2, resize_concat, spread_borders, upsample_argmax
 from .network import DeepLabV3Plus
 from .resnet import BasicBlock, Bottleneck
 
@@ -204,7 +205,7 @@ class FastASPPHead(DepthwiseSeparableASPPHead):
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[3]
         pool = _constant_map_conv(self.image_pool(x), self.pool_weight, x.shape[2:], x)
-        out = self.bottleneck(torch.cat([m(x) for m in self.aspp_modules], dim=1), residual=pool)
+        out = self.bottleneck(concat_channels([m(x) for m in self.aspp_modules]), residual=pool)
         concat = resize_concat(out, self.c1_bottleneck(feats[0]), self.align_corners, self.concat_channels)
         out = self.sep_bottleneck(concat)
         return self.conv_seg(out)
@@ -227,5 +228,7 @@ def optimize_for_inference(net: DeepLabV3Plus) -> DeepLabV3Plus:
 
 def whole_image_labels(net: DeepLabV3Plus, x: torch.Tensor) -> torch.Tensor:
     """uint8 labels at x's size: 1/4-resolution logits, then the fused upsample + argmax (on
-    CUDA never writing full-resolution logits)."""
-    return upsample_argmax(net.decode(x), x.shape[2:], net.config.head.align_corners)
+    CUDA never writing full-resolution logits). The logits go to the kernel channels-first: for
+    one class, neighbouring output pixels then read neighbouring source pixels (coalesced),
+    where channels-last spreads a warp's loads over 32 pixels' class vectors."""
+    return upsample_argmax(net.decode(x).contiguous(), x.shape[2:], net.config.head.align_corners)

@@ -5,6 +5,7 @@
   in fp16 for 19 classes at 1024x2048), the kernel reads 1/4-resolution logits, writes 1 byte/pixel.
 - `depthwise3x3_relu`: the separable convs' depthwise 3x3 (+ bias + ReLU), any dilation.
 - `resize_concat`: the decoder's bilinear resize written straight into its concat buffer.
+- `concat_channels`: `torch.cat` along channels of channels-last maps at memory speed.
 - `spread_borders`: a 3x3 map spread over the border/interior regions of a full-size map.
 - `max_pool3x3s2`: the stem's 3x3 / stride 2 / padding 1 max pool without the int64 indices
   PyTorch's CUDA max pool writes even in inference (4x the bytes of the pooled output).
@@ -214,6 +215,47 @@ if triton is not None:
         tl.store(out, v.to(dst.dtype.element_ty), mask=mask)
 
 
+if triton is not None:
+
+    @triton.jit
+    def _copy_channels_kernel(src, dst, P, C, C_DST, OFFSET, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        """Rows of a channels-last P x C tensor into channels OFFSET.. of a P x C_DST one."""
+        p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        ok = (p < P)[:, None] & (c < C)[None, :]
+        v = tl.load(src + p[:, None] * C + c[None, :], mask=ok)
+        tl.store(dst + p[:, None] * C_DST + OFFSET + c[None, :], v, mask=ok)
+
+
+def _copy_channels(src: torch.Tensor, dst: torch.Tensor, offset: int) -> None:
+    """``dst[:, offset : offset + C] = src`` for channels-last tensors, as one Triton pass: PyTorch's
+    strided copy and `torch.cat` move these slices at ~0.9 TB/s (1.23 ms for the ASPP's concat of
+    four 8 x 512 x 128 x 256 fp16 maps on an H100)."""
+    if not (_on_triton(src) and src.is_contiguous(memory_format=torch.channels_last)):
+        dst[:, offset : offset + src.shape[1]].copy_(src)
+        return
+    n, c, h, w = src.shape
+    block_p, block_c = 64, triton.next_power_of_2(min(c, 128))
+    grid = (triton.cdiv(n * h * w, block_p), triton.cdiv(c, block_c))
+    _copy_channels_kernel[grid](src, dst, n * h * w, c, dst.shape[1], offset, BLOCK_P=block_p, BLOCK_C=block_c)
+
+
+def concat_channels(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """`torch.cat(tensors, dim=1)`; for channels-last CUDA tensors into a channels-last buffer, one
+    `_copy_channels` pass per tensor."""
+    first = tensors[0]
+    if not _on_triton(first):
+        return torch.cat(tensors, dim=1)
+    n, _, h, w = first.shape
+    out = torch.empty((n, sum(t.shape[1] for t in tensors), h, w), dtype=first.dtype, device=first.device,
+                      memory_format=torch.channels_last)  # fmt: skip
+    offset = 0
+    for t in tensors:
+        _copy_channels(t, out, offset)
+        offset += t.shape[1]
+    return out
+
+
 def resize_concat(x: torch.Tensor, skip: torch.Tensor, align_corners: bool, channels: int | None = None) -> torch.Tensor:
     """`cat([resize(x, skip's size), skip], dim=1)` without materialising the resized `x`: on
     CUDA the resize writes straight into its channel slice of the concatenated buffer. With
@@ -226,7 +268,7 @@ def resize_concat(x: torch.Tensor, skip: torch.Tensor, align_corners: bool, chan
     n, _, h_in, w_in = x.shape
     h_out, w_out = skip.shape[2:]
     out = torch.empty((n, channels, h_out, w_out), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    out[:, c:joined].copy_(skip)
+    _copy_channels(skip, out, c)
     out[:, joined:].zero_()
     block_p, block_c = 32, 128
     grid = (triton.cdiv(h_out * w_out, block_p), triton.cdiv(c, block_c), n)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from model.kernels import (
+    concat_channels,
     depthwise3x3_reference,
     depthwise3x3_relu,
     max_pool3x3s2,
@@ -153,3 +154,19 @@ def test_resize_concat_pads_with_zero_channels_on_cpu():
     assert out.shape == (1, 16, 10, 14) and torch.equal(out[:, :9], resize_concat(x, skip, False))
     assert not out[:, 9:].any()
 
+
+
+def test_concat_cpu_path_is_torch_cat():
+    tensors = [torch.randn(2, c, 5, 7) for c in (3, 8, 1)]
+    assert torch.equal(concat_channels(tensors), torch.cat(tensors, 1))
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_triton_concat_equals_torch_cat(dtype):
+    """Channel counts under, at and over the block, and not multiples of 8."""
+    tensors = [torch.randn(2, c, 33, 65, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+               for c in (12, 128, 300, 5)]  # fmt: skip
+    got = concat_channels(tensors)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, torch.cat(tensors, 1))
