@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,7 +17,7 @@ from service.buckets import InputPolicy
 from service.metrics import ServiceMetrics
 from service.runtime import Runtime
 from service.settings import Settings
-from test_service import SCALE, scene, small_net
+from test_service import SCALE, image_bytes, labels_of, post, running_server, scene, small_net
 
 
 @pytest.mark.parametrize(
@@ -105,3 +106,33 @@ def test_cuda_backend_serves_the_optimized_network_with_the_same_labels(cuda_gra
         assert (cuda.infer_images(staged[:3]) == forward).all()  # staged inputs can be run again (batch retries)
     finally:
         torch.backends.cudnn.allow_tf32 = True
+
+
+class StagingRecorder(TorchBackend):
+    """The CPU torch backend, recording the thread that stages each image and giving its batches
+    staged objects of its own, as a GPU backend's are."""
+
+    def __init__(self, net):
+        super().__init__(net=net)
+        self.stage_threads: list[str] = []
+
+    def stage(self, pixels):
+        self.stage_threads.append(threading.current_thread().name)
+        return ("staged", pixels.copy())
+
+    def infer_images(self, staged):
+        assert all(tag == "staged" for tag, _ in staged)
+        return super().infer_images([pixels for _, pixels in staged])
+
+
+def test_runtime_stages_each_image_in_a_codec_thread_and_batches_the_staged_items():
+    backend = StagingRecorder(small_net(seed=3))
+    images = [scene(40 + i) for i in range(6)]
+    with running_server(backend, max_batch_size=4, max_queue_delay_ms=50) as url:
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(lambda im: post(url, image_bytes(im)), images))
+    assert all(r.status_code == 200 for r in responses)
+    assert len(backend.stage_threads) == 6 and all(name.startswith("codec") for name in backend.stage_threads)
+    assert max(int(r.headers["x-batch-size"]) for r in responses) > 1
+    for image, response in zip(images, responses):
+        assert np.array_equal(labels_of(response), backend.infer(image[None].copy())[0])
