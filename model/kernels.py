@@ -228,9 +228,9 @@ if triton is not None:
 
 
 def _copy_channels(src: torch.Tensor, dst: torch.Tensor, offset: int) -> None:
-    """``dst[:, offset : offset + C] = src`` for channels-last tensors, as one Triton pass: PyTorch's
-    strided copy and `torch.cat` move these slices at ~0.9 TB/s (1.23 ms for the ASPP's concat of
-    four 8 x 512 x 128 x 256 fp16 maps on an H100)."""
+    """``dst[:, offset : offset + C] = src`` for channels-last tensors, as one Triton pass. For the
+    ASPP's concat of four 8 x 512 x 128 x 256 fp16 maps on an H100, `torch.cat` takes 1.14 ms
+    (1.9 TB/s, counting each byte read and written once) and these copies 0.77 ms (2.8 TB/s)."""
     if not (_on_triton(src) and src.is_contiguous(memory_format=torch.channels_last)):
         dst[:, offset : offset + src.shape[1]].copy_(src)
         return
