@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import sys
 from pathlib import Path
@@ -29,12 +30,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from model import kernels
+from model import fp8, kernels
 
 TILINGS = [  # (BLOCK_X, BLOCK_C, ROWS, num_warps); the first was shipped before 64x64x2x4
     (64, 64, 8, 8), (64, 64, 4, 8), (64, 64, 2, 8), (64, 64, 2, 4), (64, 64, 1, 4), (32, 64, 8, 4),
     (32, 64, 4, 4), (32, 64, 2, 4), (32, 64, 1, 2), (64, 32, 8, 4), (128, 32, 4, 8), (32, 128, 4, 8),
     (16, 128, 4, 4), (128, 64, 2, 8), (32, 32, 4, 2), (64, 128, 2, 8),
+    # one row group per residue at 1024x2048's H = 128: ROWS = ceil(128 / dilation) = 11, 6, 4
+    (64, 64, 11, 4), (32, 64, 11, 4), (64, 64, 6, 4), (32, 64, 6, 4), (64, 32, 11, 4), (32, 128, 6, 8),
 ]  # fmt: skip
 
 
@@ -112,6 +115,13 @@ def head_passes(batch: int, table: list) -> None:
     ref = torch.cat(maps, 1)
     for name, fn in {"torch.cat": lambda: torch.cat(maps, 1), "concat_channels": lambda: kernels.concat_channels(maps)}.items():
         row(table, "concat", f"4x {batch}x512x128x256", name, bench_ms(fn), 2 * ref.numel() * 2, (fn() - ref).abs().max().item())
+    low = torch.randn(batch, 512, 128, 256, **half).contiguous(memory_format=torch.channels_last)
+    skip = torch.randn(batch, 48, 256, 512, **half).contiguous(memory_format=torch.channels_last)
+    ref = kernels.resize_concat(low, skip, False)
+    for tiling in [(32, 128, 4), (64, 64, 4), (64, 128, 8), (16, 256, 4), (32, 256, 8), (128, 32, 4), (32, 64, 2)]:
+        fn = functools.partial(kernels.resize_concat, low, skip, False, tiling=tiling)
+        row(table, "resize", f"{batch}x512x128x256->256x512 +48", f"resize_concat {tiling}", bench_ms(fn),
+            (low.numel() + 2 * skip.numel() + ref.numel()) * 2, (fn() - ref).abs().max().item())  # fmt: skip
     logits = torch.randn(batch, 19, 256, 512, **half).contiguous(memory_format=torch.channels_last)
     size = (1024, 2048)
     labels = kernels.upsample_argmax_reference(logits, size, False)
@@ -123,11 +133,60 @@ def head_passes(batch: int, table: list) -> None:
         row(table, "upsample", f"{batch}x19x256x512->1024x2048", name, bench_ms(fn), logits.numel() * 2 + labels.numel(), err)
 
 
+FP8_TILINGS = [  # (BM, BN, num_warps, num_stages, SWIZZLE); model.fp8.CONV_TILING is the shipped one
+    (128, 256, 8, 3, 8), (128, 256, 8, 4, 8),
+]  # fmt: skip
+
+
+def fp8_convs(batch: int, table: list) -> None:
+    """The 3x3 convs `model.fast.use_fp8` may take (and layer3's, which it leaves to cuDNN): cuDNN
+    fp16 against `model.fp8` (amax, quantize, FP8 conv, each timed) and cuBLAS's FP8 GEMM of the
+    same size (`torch._scaled_mm`, the rate a good FP8 GEMM reaches)."""
+    half = {"device": "cuda", "dtype": torch.float16}
+    for name, branches, cout, d in [("layer4", 1, 512, 4), ("bottleneck", 4, 512, 1)]:
+        c = 2048 // branches if branches > 1 else cout
+        maps = [torch.relu(torch.randn(batch, c, 128, 256, **half)).contiguous(memory_format=torch.channels_last) for _ in range(branches)]
+        x = torch.cat(maps, 1)
+        weight, bias = torch.randn(cout, x.shape[1], 3, 3, **half) * (2 / (9 * x.shape[1])) ** 0.5, torch.randn(cout, **half) * 0.1
+        ref = torch.relu(F.conv2d(x.float(), weight.float(), bias.float(), padding=d, dilation=d))
+        shape = f"{name} {batch}x{x.shape[1]}x128x256->{cout} d{d}"
+        flop = 2 * batch * 128 * 256 * 9 * x.shape[1] * cout
+
+        def report(variant, fn, check=True):
+            ms = bench_ms(fn)
+            err = ((fn().float() - ref).abs().max() / ref.abs().max()).item() if check else float("nan")
+            row(table, "conv3x3", shape, f"{variant} {flop / ms / 1e9:.0f} TFLOP/s", ms, flop // 1000, err)
+
+        report("cudnn fp16", lambda: torch.cudnn_convolution_relu(x, weight, bias, (1, 1), (d, d), (d, d), 1))
+        amax = fp8.image_amax(maps)
+        q = fp8.quantize_padded(maps, amax, d)
+        row(table, "fp8 prep", shape, "image_amax", bench_ms(lambda: fp8.image_amax(maps)), x.numel() * 2, 0.0)
+        qerr = (q.view(torch.uint8) != fp8.quantize_padded_reference(maps, amax, d).view(torch.uint8)).float().mean().item()
+        row(table, "fp8 prep", shape, "quantize_padded", bench_ms(lambda: fp8.quantize_padded(maps, amax, d)), x.numel() * 3, qerr)
+        wq, ws = fp8.quantize_weight(weight)
+        torch.backends.cudnn.allow_tf32 = False
+        exact = fp8.conv3x3_fp8_reference(q[:2], amax[:2], wq, ws, bias.float(), d, None, True)  # of the first 2 images
+        torch.backends.cudnn.allow_tf32 = True
+        for tiling in FP8_TILINGS:
+            for promote in (None, 128):
+                fn = functools.partial(fp8.conv3x3_fp8, q, amax, wq, ws, bias, d, tiling=tiling, promote_every=promote)
+                report(f"fp8 {tiling} promote {promote}", fn)
+                got = fn()[:2].float()
+                print(f"    accumulation error against the fp32 product of the same e4m3 values: max "
+                      f"{(got - exact).abs().max().item() / exact.abs().max().item():.1e}, mean "
+                      f"{(got - exact).mean().item() / exact.abs().mean().item():+.1e} (relative to |max|, |mean|)", flush=True)
+        gemm_m = batch * (128 + 2 * d) * (256 + 2 * d)
+        a = torch.randn(gemm_m, 9 * x.shape[1], **half).to(torch.float8_e4m3fn)
+        b = torch.randn(cout, 9 * x.shape[1], **half).to(torch.float8_e4m3fn).t()
+        one = torch.ones((), device="cuda")
+        report("cublas fp8 _scaled_mm, same GEMM", lambda: torch._scaled_mm(a, b, one, one, out_dtype=torch.float16), check=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--out", type=Path)
-    parts = {"head": head_passes, "maxpool": max_pool, "aspp1x1": aspp_pointwise, "depthwise": depthwise}
+    parts = {"head": head_passes, "maxpool": max_pool, "aspp1x1": aspp_pointwise, "depthwise": depthwise, "fp8conv": fp8_convs}
     p.add_argument("--parts", nargs="+", choices=list(parts), default=list(parts))
     args = p.parse_args(argv)
     torch.backends.cudnn.benchmark = True

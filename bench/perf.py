@@ -6,7 +6,10 @@ For each backbone: eager fp32 (TF32) at batch 1 (the reference), then the optimi
 (`model.fast`) in fp16 channels_last at each batch, launched eagerly and replayed as a CUDA graph,
 from its normalised input (fp16, 8 channels: the image's 3, then zeros) to uint8 labels, plus its
 label agreement with the fp32 reference; then the graph the service replays, from uint8 pixels
-(the normalisation kernel included). Prints a table, writes one JSON object per
+(the normalisation kernel included). On Hopper GPUs the same two graphs again with the ASPP's
+bottleneck in FP8 (precision "fp8", `model.fast.use_fp8`, as `--precision fp8` serves), with
+their agreement with fp32 and with fp16. With --agreement-images, the trained built-in model's
+fp16 (and FP8-bottleneck) agreement on real photos. Prints a table, writes one JSON object per
 measurement to bench/results/perf_<gpu>.json; `--profile R-50-D8` prints the top CUDA kernels of
 that backbone at batch 1 before and after.
 """
@@ -27,7 +30,8 @@ import numpy as np
 import torch
 
 from model import build_model, get_config
-from model.fast import optimize_for_inference, whole_image_labels
+from model import fp8
+from model.fast import Fp8Conv3x3, optimize_for_inference, use_fp8, whole_image_labels
 from model.kernels import depthwise3x3_reference, depthwise3x3_relu, upsample_argmax, upsample_argmax_reference
 from model.preprocess import normalizer
 from service.backends.cuda_graphs import ShapeGraphs
@@ -156,18 +160,22 @@ def trained_agreement(image_dir: Path, count: int = 8) -> dict:
 
     net = load_model(DEFAULT_MODEL, device="cuda")
     fast = optimize_for_inference(net).half().to(memory_format=torch.channels_last)
+    variants = {"agreement": fast}
+    if fp8.supported("cuda"):  # its bottleneck (512 -> 128) is below use_fp8's default threshold
+        variants["agreement_fp8_bottleneck"] = use_fp8(copy.deepcopy(fast), min_channels=128)
     paths = sorted([*image_dir.glob("*.jpg"), *image_dir.glob("*.png")])[:count]
-    same = total = 0
+    same, total = dict.fromkeys(variants, 0), 0
     with torch.inference_mode():
         for path in paths:
             rgb = torch.from_numpy(np.asarray(Image.open(path).convert("RGB").resize((W, H), Image.BILINEAR)))
             x = normalize(rgb[None].cuda(), net.config)
             with strict_fp32():
                 ref = net(x).argmax(1)
-            got = whole_image_labels(fast, network_input(x, fast))
-            same += (got == ref).sum().item()
+            for key, variant in variants.items():
+                same[key] += (whole_image_labels(variant, network_input(x, variant)) == ref).sum().item()
             total += ref.numel()
-    return {"model": DEFAULT_MODEL, "images": len(paths), "input": f"{H}x{W}", "agreement": round(same / total, 5)}
+    agreements = {key: round(n / total, 5) for key, n in same.items()}
+    return {"model": DEFAULT_MODEL, "images": len(paths), "input": f"{H}x{W}", **agreements}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -234,19 +242,28 @@ def main(argv: list[str] | None = None) -> None:
             del eager16, x8
             agree = (fast_labels(network_input(x1, fast)) == ref_labels).float().mean().item()
             normalize = normalizer(net.config, "cuda", torch.float16, fast.input_channels)
-            service_labels = pixels_to_labels(fast, normalize)
+            graphed = [("fp16", fast, {})]
+            quantized = use_fp8(copy.deepcopy(fast)) if fp8.supported("cuda") else fast
+            if isinstance(quantized.decode_head.bottleneck, Fp8Conv3x3):
+                labels8 = whole_image_labels(quantized, network_input(x1, quantized))
+                graphed.append(("fp8", quantized, {
+                    "agreement": round((labels8 == ref_labels).float().mean().item(), 5),
+                    "agreement_with_fp16": round((labels8 == fast_labels(network_input(x1, fast))).float().mean().item(), 5),
+                }))  # fmt: skip
             for b in args.batches:
                 xb = network_input(torch.randn(b, 3, H, W, device="cuda"), fast)
                 record(label, "torch-optimized", "fp16", b, time_forward(fast_labels, xb, args.iters),
                        agreement=round(agree, 5))  # fmt: skip
                 pixels = torch.randint(0, 256, (b, H, W, 3), dtype=torch.uint8, device="cuda")
-                for backend, fn, inp in [("torch-optimized-graph", fast_labels, xb), ("torch-service-graph", service_labels, pixels)]:
-                    graphs = ShapeGraphs(fn, inp.device)
-                    graphs.capture(tuple(inp.shape), inp.dtype)
-                    replay = graphs.graph(tuple(inp.shape)).replay
-                    record(label, backend, "fp16", b, time_forward(lambda _: replay(), inp, args.iters))  # noqa: B023
-                    del graphs
-        del net, fast, fast_labels
+                for precision, variant, extra in graphed:
+                    for backend, fn, inp in [("torch-optimized-graph", functools.partial(whole_image_labels, variant), xb),
+                                             ("torch-service-graph", pixels_to_labels(variant, normalize), pixels)]:  # fmt: skip
+                        graphs = ShapeGraphs(fn, inp.device)
+                        graphs.capture(tuple(inp.shape), inp.dtype)
+                        replay = graphs.graph(tuple(inp.shape)).replay
+                        record(label, backend, precision, b, time_forward(lambda _: replay(), inp, args.iters), **extra)  # noqa: B023
+                        del graphs
+        del net, fast, fast_labels, quantized, graphed
         torch.cuda.empty_cache()
     write()
     print(f"wrote {out}")

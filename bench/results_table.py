@@ -55,7 +55,7 @@ def table(perf: dict, e2e: dict, flops: list[dict]) -> str:
             f"{g:,.0f}",
             f"{eager32['img_per_s']}" if eager32 else "-",
             f"{eager16['img_per_s']}" if eager16 else "-",
-            f"{ours['img_per_s']} ({ours['backend'].removeprefix('torch-')}, b{ours['batch']})"
+            f"{ours['img_per_s']} ({ours['backend'].removeprefix('torch-')}, {ours['precision']}, b{ours['batch']})"
             + (" *" if "before" in ours.get("code", "") else "") if ours else "-",
             f"{end['img_per_s']} ({end['concurrency']} clients, p99 {end['p99_ms']} ms; "
             f"{end['img_per_s'] / ours['img_per_s']:.0%} of model-only)" if end and ours else "not measured",
@@ -73,7 +73,11 @@ def table(perf: dict, e2e: dict, flops: list[dict]) -> str:
     lines += [
         "",
         f"fp16 labels vs fp32: {agree.get('agreement', '-'):.3%} pixel agreement for the trained built-in model "
-        f"({agree.get('model')}, {agree.get('images')} CamVid photos resized to {agree.get('input')}).",
+        f"({agree.get('model')}, {agree.get('images')} CamVid photos resized to {agree.get('input')})"
+        + (f"; with its ASPP bottleneck in FP8 as `--precision fp8` runs R-50/101's: {agree['agreement_fp8_bottleneck']:.3%}."
+           if "agreement_fp8_bottleneck" in agree else "."),
+        "fp8 = fp16 with the ASPP's bottleneck conv in e4m3 (`model.fast.use_fp8`, Hopper GPUs); the FLOP ceiling "
+        "column is against the dense fp16 rate either way.",
         "",
         "Reproduce (one H100; the e2e run needs the service's wheels and 2048x1024 JPEGs):",
         "",

@@ -9,9 +9,12 @@
   dilation 12/24/36) with a slow grouped-direct kernel, 3.3 ms each at 1024x2048 on an H100.
 - `StemMaxPool`: the stem's max pool without PyTorch's int64 indices (`model.kernels.max_pool3x3s2`).
 - `FastASPPHead`: the image-pool branch's share of the bottleneck conv computed on a 3x3 map
-  instead of over a broadcast full-size map, the ASPP's concat at memory speed
+  instead of over a broadcast full-size map, its mean taken in a depthwise pass that reads the
+  same input anyway, the ASPP's concat at memory speed
   (`model.kernels.concat_channels`), and the decoder's resize + concat as one pass
   (`model.kernels.resize_concat`).
+- `use_fp8` (opt-in, Hopper GPUs): the ASPP's bottleneck, R-50/101's largest conv, with e4m3
+  weights and activations (`model.fp8`); not exact (`bench.perf` measures the label agreement).
 - Channel padding: cuDNN's fp16 tensor-core convs take input channels in multiples of 8 and pad
   any other count in a pass of their own (`nhwcAddPaddingKernel`: 3% of R-18-D8's time, for the
   3-channel image and the decoder's 128 + 12 channels). The first conv and the decoder's first
@@ -28,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import ConvModule, DepthwiseSeparableASPPHead
-from .kernels import concat_channels, depthwise3x3_relu, max_pool3x3s2, resize_concat, spread_borders, upsample_argmax
+from .heads import ConvModule, DepthwiseSeparableASPPHead, DepthwiseSeparableConvModule
+from .fp8 import K_STEP, conv3x3_fp8, image_amax, quantize_padded, quantize_weight
+from .kernels import concat_channels, depthwise3x3_relu, depthwise3x3_relu_and_mean, max_pool3x3s2, resize_concat, spread_borders, upsample_argmax
 from .network import DeepLabV3Plus
 from .resnet import BasicBlock, Bottleneck
 
@@ -100,6 +104,10 @@ class FusedDepthwise(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return depthwise3x3_relu(x, self.weight, self.bias, self.dilation)
 
+    def with_mean(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output, and x's mean per image and channel (N x C float32) from the same pass."""
+        return depthwise3x3_relu_and_mean(x, self.weight, self.bias, self.dilation)
+
 
 class FusedBlock(nn.Module):
     """A folded BasicBlock/Bottleneck whose last conv adds the shortcut and applies ReLU."""
@@ -166,16 +174,57 @@ def fuse_activations(module: nn.Module) -> nn.Module:
     return module
 
 
-def _constant_map_conv(value: torch.Tensor, weight: torch.Tensor, size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-    """conv3x3 (zero padding 1) of the N x C x 1 x 1 ``value`` broadcast to ``size``, in ``like``'s
-    layout. Its result depends only on whether a pixel is on the first or last row or column, so
-    it is computed on an (at most) 3 x 3 map and spread over the 9 border/interior regions."""
+def _constant_map_conv(value: torch.Tensor, weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """conv3x3 (zero padding 1) of the N x C x 1 x 1 ``value`` broadcast to ``size``, on an (at
+    most) 3 x 3 map: the full result depends only on whether a pixel is on the first or last row
+    or column, so it is this map spread over the 9 border/interior regions (`spread_borders`)."""
     h, w = size
-    small = F.conv2d(value.expand(-1, -1, min(h, 3), min(w, 3)), weight, padding=1)
-    out = spread_borders(small, size)
+    return F.conv2d(value.expand(-1, -1, min(h, 3), min(w, 3)), weight, padding=1)
+
+
+def _spread_like(small: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    out = spread_borders(small, like.shape[2:])
     if like.is_contiguous(memory_format=torch.channels_last):
         return out.contiguous(memory_format=torch.channels_last)
     return out.contiguous()
+
+
+class Fp8Conv3x3(nn.Module):
+    """A BN-folded 3x3 stride-1 conv + bias (+ residual) (+ ReLU) with e4m3 weights and inputs
+    (`model.fp8`). Its input may be a list of maps: their channel concat, never written in fp16;
+    its residual may be a map of at most 3 x 3, spread over the output (`conv3x3_fp8`)."""
+
+    def __init__(self, conv: FusedConv):
+        super().__init__()
+        weight_q, weight_scale = quantize_weight(conv.weight.detach())
+        # bytes, so that casting the module (.half()) leaves the e4m3 weights alone
+        self.register_buffer("weight_bits", weight_q.view(torch.uint8))
+        self.register_buffer("weight_scale", weight_scale)
+        self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.dilation, self.relu = conv.dilation[0], conv.relu
+
+    def forward(self, x: torch.Tensor | list[torch.Tensor], residual: torch.Tensor | None = None) -> torch.Tensor:
+        maps = x if isinstance(x, list) else [x]
+        amax = image_amax(maps)
+        q = quantize_padded(maps, amax, self.dilation)
+        weight_q = self.weight_bits.view(torch.float8_e4m3fn)
+        return conv3x3_fp8(q, amax, weight_q, self.weight_scale.float(), self.bias, self.dilation, residual, self.relu)
+
+
+FP8_MIN_CHANNELS = 512
+
+
+def use_fp8(net: DeepLabV3Plus, min_channels: int = FP8_MIN_CHANNELS) -> DeepLabV3Plus:
+    """Swap the ASPP's bottleneck conv of an `optimize_for_inference` network for `Fp8Conv3x3`
+    (in place), if it has at least ``min_channels`` output channels (R-50/101: 2048 -> 512; R-18's
+    512 -> 128 gains little). Call it after casting the network to its dtype. Layer4's 3x3 convs in
+    FP8 as well would save at most ~0.4 ms more per R-50 batch of 8 (`bench.kernel_variants
+    --parts fp8conv`), but in one run on random calibrated weights left 68% of the labels equal
+    to fp32's, against 86% for fp16 and for the bottleneck alone."""
+    conv = net.decode_head.bottleneck
+    if conv.weight.shape[0] >= min_channels and conv.weight.shape[1] % K_STEP == 0:
+        net.decode_head.bottleneck = Fp8Conv3x3(conv)
+    return net
 
 
 class FastASPPHead(DepthwiseSeparableASPPHead):
@@ -184,7 +233,9 @@ class FastASPPHead(DepthwiseSeparableASPPHead):
     The image-pool branch is one value per image and channel, broadcast over the map; its share of
     the 3x3 bottleneck conv (a fifth of the head's largest conv) is computed on a 3 x 3 map by
     `_constant_map_conv` and enters the bottleneck as its residual, so the broadcast map is never
-    built or concatenated. The decoder's resize + concat is one pass (`resize_concat`)."""
+    built or concatenated; its mean over the map comes out of the first separable branch's
+    depthwise pass (`depthwise3x3_relu_and_mean`), which reads the same input. The decoder's
+    resize + concat is one pass (`resize_concat`)."""
 
     @classmethod
     def adopt(cls, head: DepthwiseSeparableASPPHead) -> FastASPPHead:
@@ -204,8 +255,20 @@ class FastASPPHead(DepthwiseSeparableASPPHead):
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[3]
-        pool = _constant_map_conv(self.image_pool(x), self.pool_weight, x.shape[2:], x)
-        out = self.bottleneck(concat_channels([m(x) for m in self.aspp_modules]), residual=pool)
+        branches, pool_value = [], None
+        for m in self.aspp_modules:
+            if pool_value is None and isinstance(m, DepthwiseSeparableConvModule):
+                # the first separable branch's depthwise pass also averages x for the image pool
+                depthwise, mean = m.depthwise_conv.with_mean(x)
+                pool_value = self.image_pool[1](mean.to(x.dtype)[:, :, None, None])
+                branches.append(m.pointwise_conv(depthwise))
+            else:
+                branches.append(m(x))
+        pool = _constant_map_conv(pool_value, self.pool_weight, x.shape[2:])
+        if isinstance(self.bottleneck, Fp8Conv3x3):  # takes the branches and the 3 x 3 map as they are
+            out = self.bottleneck(branches, residual=pool)
+        else:
+            out = self.bottleneck(concat_channels(branches), residual=_spread_like(pool, x))
         concat = resize_concat(out, self.c1_bottleneck(feats[0]), self.align_corners, self.concat_channels)
         out = self.sep_bottleneck(concat)
         return self.conv_seg(out)

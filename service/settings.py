@@ -28,7 +28,9 @@ class Settings(BaseSettings):
         "auto", description="inference backend; auto = chosen from the model file's extension"
     )
     device: str = Field(default_factory=default_device, description="cpu, cuda or cuda:N")
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    precision: Literal["fp32", "fp16", "bf16", "fp8"] = Field(
+        "fp32", description="fp8 (Hopper GPUs, torch backend): fp16 with the ASPP's bottleneck conv in e4m3"
+    )
     cuda_graphs: bool = Field(
         True,
         description="torch backend on CUDA, whole-image models: capture each warmed-up batch shape as "

@@ -9,6 +9,7 @@ from model.kernels import (
     concat_channels,
     depthwise3x3_reference,
     depthwise3x3_relu,
+    depthwise3x3_relu_and_mean,
     max_pool3x3s2,
     max_pool3x3s2_reference,
     normalize_pixels,
@@ -65,6 +66,16 @@ def test_triton_depthwise_matches_cudnn(dilation, dtype):
     ref = depthwise3x3_reference(x.float(), weight.float(), bias.float(), dilation)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(got.float(), ref, atol=1e-2 if dtype == torch.float16 else 1e-4, rtol=1e-2)
+    with_mean, mean = depthwise3x3_relu_and_mean(x, weight, bias, dilation)
+    assert torch.equal(with_mean, got)
+    assert mean.shape == (2, 200) and torch.allclose(mean, x.float().mean(dim=(2, 3)), atol=1e-5, rtol=1e-4)
+
+
+def test_depthwise_and_mean_cpu_path():
+    x, weight, bias = torch.randn(2, 6, 11, 17), torch.randn(6, 1, 3, 3), torch.randn(6)
+    out, mean = depthwise3x3_relu_and_mean(x, weight, bias, dilation=2)
+    assert torch.equal(out, depthwise3x3_relu(x, weight, bias, dilation=2))
+    assert torch.equal(mean, x.mean(dim=(2, 3)))
 
 
 def _resize_concat_reference(x, skip, align_corners):

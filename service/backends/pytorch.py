@@ -1,7 +1,8 @@
 """PyTorch backend (CPU and CUDA): the reference engine, and the default for .pth/config names.
 
 Speed choices, each cheap and safe for a conv net in eval mode: the weights are cast once to the
-requested precision (fp16/bf16 halve memory traffic on tensor-core GPUs), activations use
+requested precision (fp16/bf16 halve memory traffic on tensor-core GPUs; fp8 is fp16 with the
+largest conv in e4m3 on Hopper GPUs), activations use
 channels_last (what cuDNN's fastest conv kernels want), cudnn.benchmark picks kernels per input
 shape (our shapes are a few fixed buckets, warmed up at start), and the upload is uint8 with
 normalisation and argmax on the device, so only 1 byte per pixel crosses PCIe each way.
@@ -22,14 +23,15 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from model import load_model
-from model.fast import optimize_for_inference, whole_image_labels
+from model import fp8, load_model
+from model.fast import optimize_for_inference, use_fp8, whole_image_labels
 from model.inference import slide_logits
 from model.preprocess import normalizer
 from service.backends.base import Backend
 from service.backends.cuda_graphs import ShapeGraphs
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# fp8: fp16 activations, and the ASPP's bottleneck conv in e4m3 (`model.fast.use_fp8`)
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float16}
 
 
 class TorchBackend(Backend):
@@ -48,6 +50,8 @@ class TorchBackend(Backend):
     def load(self):
         self._device = torch.device(self.device)
         self._dtype = _DTYPES[self.precision]
+        if self.precision == "fp8" and not fp8.supported(self._device):
+            raise ValueError(f"precision fp8 needs a Hopper or newer GPU (sm90+) and Triton; {self.device} has none")
         if self.net is None:
             self.net = load_model(self.model, device=str(self._device))
         self.config = self.net.config
@@ -55,6 +59,8 @@ class TorchBackend(Backend):
             torch.backends.cudnn.benchmark = True
             self.net = optimize_for_inference(self.net.to(self._device))
         self.net = self.net.to(self._device, self._dtype, memory_format=torch.channels_last).eval()
+        if self.precision == "fp8":
+            self.net = use_fp8(self.net)
         self._normalize = normalizer(self.config, self._device, self._dtype, self.net.input_channels)
         if self._device.type == "cuda" and self.cuda_graphs and self.config.inference == "whole":
             self._graphs = ShapeGraphs(self._pixels_to_labels, self._device)

@@ -1,0 +1,129 @@
+"""FP8 3x3 convs: the quantization's error bound and semantics on CPU (the PyTorch reference),
+the Triton kernels against that reference on a Hopper GPU, and the FP8 network's labels."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import randomize
+
+from model import build_model, fp8, get_config
+from model.fast import Fp8Conv3x3, optimize_for_inference, use_fp8
+
+needs_hopper = pytest.mark.skipif(
+    not (torch.cuda.is_available() and fp8.supported("cuda")),
+    reason="needs Triton and a Hopper (sm90+) GPU: the kernel loads tiles with TMA (run on the GPU box)",
+)
+
+
+def channels_last(*shape, scale=1.0, device="cpu", dtype=torch.float16):
+    return (torch.randn(*shape, device=device) * scale).to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+def test_quantize_padded_is_the_scaled_concat_with_zero_borders():
+    maps = [channels_last(2, 128, 5, 7, scale=3.0), channels_last(2, 256, 5, 7)]
+    amax = fp8.image_amax(maps)
+    assert torch.equal(amax, torch.cat(maps, 1).float().abs().amax(dim=(1, 2, 3)))
+    q = fp8.quantize_padded(maps, amax, pad=2)
+    assert q.shape == (2, 9, 11, 384) and q.dtype == torch.float8_e4m3fn
+    border = torch.ones(9, 11, dtype=torch.bool)
+    border[2:-2, 2:-2] = False
+    assert not q.float()[:, border].any()
+    x = torch.cat(maps, 1).float().permute(0, 2, 3, 1)
+    got = q.float()[:, 2:-2, 2:-2] * (amax / 448)[:, None, None, None]
+    # e4m3 keeps 3 mantissa bits: half an ulp is 1/16 of the value; below 2^-6 (scaled) a fixed step
+    bound = torch.maximum(x.abs() / 16, (amax / 448)[:, None, None, None] * 2.0**-10)
+    assert ((got - x).abs() <= bound * 1.0001).all()
+    assert (q.float().abs().amax(dim=(1, 2, 3)) == 448).all()  # each image's max maps to e4m3's max
+
+
+def test_an_images_result_does_not_depend_on_its_batch_mates():
+    a, b = channels_last(1, 128, 6, 6), channels_last(1, 128, 6, 6, scale=50.0)
+    amax = fp8.image_amax([torch.cat([a, b])])
+    alone = fp8.quantize_padded([a], fp8.image_amax([a]), 1)
+    assert torch.equal(fp8.quantize_padded([torch.cat([a, b])], amax, 1)[:1].float(), alone.float())
+
+
+def test_reference_conv_is_close_to_the_exact_conv():
+    x = channels_last(2, 256, 12, 10, dtype=torch.float32).relu()
+    w, bias, res = torch.randn(64, 256, 3, 3) * (2 / 2304) ** 0.5, torch.randn(64) * 0.1, torch.randn(2, 64, 12, 10)
+    wq, ws = fp8.quantize_weight(w)
+    amax = fp8.image_amax([x])
+    got = fp8.conv3x3_fp8(fp8.quantize_padded([x], amax, 3), amax, wq, ws, bias, 3, res, relu=False)
+    ref = F.conv2d(x, w, bias, padding=3, dilation=3) + res
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    assert ((got - ref).norm() / ref.norm()).item() < 0.03
+
+
+@pytest.mark.parametrize(("name", "min_channels", "replaced"), [
+    ("deeplabv3plus_r50-d8_4xb2-40k_cityscapes-512x1024", 512, 1),  # the bottleneck, 2048 -> 512
+    ("deeplabv3plus_r18-d8_4xb2-80k_cityscapes-512x1024", 512, 0),  # 512 -> 128: left to cuDNN
+    ("deeplabv3plus_r18-d8_4xb2-80k_cityscapes-512x1024", 128, 1),
+])  # fmt: skip
+def test_fp8_network_keeps_the_labels(name, min_channels, replaced):
+    net = build_model(get_config(name), with_auxiliary=False).eval()
+    net.load_state_dict(randomize(net.state_dict(), seed=4))
+    fast = optimize_for_inference(net)
+    quantized = use_fp8(copy.deepcopy(fast), min_channels)
+    assert sum(isinstance(m, Fp8Conv3x3) for m in quantized.modules()) == replaced
+    x = F.pad(torch.randn(2, 3, 97, 131), (0, 0, 0, 0, 0, 5))
+    with torch.no_grad():
+        ref, got = fast(x), quantized(x)
+    assert ((got - ref).norm() / ref.norm()).item() < 0.05
+    assert (got.argmax(1) == ref.argmax(1)).float().mean().item() > 0.99
+
+
+def test_casting_the_module_keeps_the_e4m3_weights():
+    conv = optimize_for_inference(build_model(get_config("deeplabv3plus_r50-d8_4xb2-40k_cityscapes-512x1024")))
+    layer = Fp8Conv3x3(conv.decode_head.bottleneck)
+    bits = layer.weight_bits.clone()
+    layer.half()
+    assert layer.weight_bits.dtype == torch.uint8 and torch.equal(layer.weight_bits, bits)
+
+
+@needs_hopper
+@pytest.mark.parametrize(("channels", "cout", "size", "dilation"), [
+    ((512, 512, 512, 512), 512, (33, 70), 1),  # the bottleneck's four branches, odd sizes
+    ((512, 512), 512, (2, 9), 1),  # fewer than 3 rows: the border residual's middle row is absent
+    ((512,), 512, (16, 32), 4),
+    ((256, 128), 64, (9, 200), 2),  # fewer output channels than a tile
+])  # fmt: skip
+@pytest.mark.parametrize("residual", ["none", "full", "borders"])
+def test_triton_kernels_match_the_reference(channels, cout, size, dilation, residual):
+    torch.manual_seed(0)
+    maps = [channels_last(3, c, *size, scale=s, device="cuda").relu() for c, s in zip(channels, (1, 4, 0.5, 2), strict=False)]
+    amax = fp8.image_amax(maps)
+    assert torch.equal(amax, torch.cat(maps, 1).float().abs().amax(dim=(1, 2, 3)))
+    q = fp8.quantize_padded(maps, amax, dilation)
+    assert torch.equal(q.view(torch.uint8), fp8.quantize_padded_reference(maps, amax, dilation).view(torch.uint8))
+    w = torch.randn(cout, sum(channels), 3, 3, device="cuda") * (2 / (9 * sum(channels))) ** 0.5
+    wq, ws = fp8.quantize_weight(w)
+    bias = (torch.randn(cout, device="cuda") * 0.1).half()
+    res_size = {"none": None, "full": size, "borders": (min(size[0], 3), min(size[1], 3))}[residual]
+    res = channels_last(3, cout, *res_size, device="cuda") if res_size else None
+    got = fp8.conv3x3_fp8(q, amax, wq, ws, bias, dilation, res, relu=True).cpu()
+    cpu = [t.cpu() if t is not None else None for t in (q, amax, wq, ws, bias, res)]  # fp32 on CPU: no TF32
+    ref = fp8.conv3x3_fp8_reference(*cpu[:5], dilation, cpu[5], relu=True)
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == ref.shape
+    # the tensor cores' FP8 accumulator keeps fewer bits than fp32: up to ~7e-3 of the largest
+    # output at K = 18432 (`bench.kernel_variants --parts fp8conv`); a wrong tap or scale is O(1)
+    assert torch.allclose(got.float(), ref.float(), rtol=0, atol=1.5e-2 * ref.abs().max().item())
+    mean_error = ((got.float() - ref.float()).abs().mean() / ref.float().abs().mean()).item()
+    assert mean_error < 5e-3, mean_error
+
+
+@needs_hopper
+def test_fp8_network_on_the_gpu_matches_its_cpu_reference():
+    net = build_model(get_config("deeplabv3plus_r50-d8_4xb2-40k_cityscapes-512x1024"), with_auxiliary=False).eval()
+    net.load_state_dict(randomize(net.state_dict(), seed=4))
+    fast = optimize_for_inference(net)
+    cpu = use_fp8(copy.deepcopy(fast))
+    gpu = use_fp8(fast.cuda().half().to(memory_format=torch.channels_last))
+    x = F.pad(torch.randn(2, 3, 129, 260), (0, 0, 0, 0, 0, 5))
+    with torch.no_grad():
+        ref = cpu(x)
+        got = gpu(x.cuda().half().contiguous(memory_format=torch.channels_last)).float().cpu()
+    assert (got.argmax(1) == ref.argmax(1)).float().mean().item() > 0.99
