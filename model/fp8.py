@@ -42,7 +42,10 @@ K_STEP = 128  # input channels per GEMM step: channel counts must be multiples o
 def supported(device: torch.device | str) -> bool:
     """Whether `conv3x3_fp8`'s kernel runs on ``device``: Triton, CUDA, Hopper or newer (TMA)."""
     device = torch.device(device)
-    return triton is not None and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+    return (
+        triton is not None and device.type == "cuda" and torch.cuda.is_available()
+        and torch.cuda.get_device_capability(device) >= (9, 0)
+    )  # fmt: skip
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
