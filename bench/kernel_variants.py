@@ -1,6 +1,6 @@
 """Candidate versions of the inference kernels at R-50-D8's shapes (1024x2048 input), timed in one run.
 
-    python -m bench.kernel_variants [--batch 8] [--parts head maxpool aspp1x1 depthwise] [--out FILE]
+    python -m bench.kernel_variants [--batch 8] [--parts head maxpool aspp1x1 depthwise fp8conv] [--out FILE]
 
 - depthwise 3x3 + bias + ReLU (the separable convs' first half): our Triton kernel over a grid of
   tilings, against cuDNN (`F.conv2d` + ReLU, and `cudnn_convolution_relu`), at the ASPP's shapes
@@ -10,9 +10,13 @@
 - the ASPP's four 1x1 convs (2048 -> 512, + bias + ReLU) and their concat: four cuDNN calls +
   `torch.cat`, against four GEMMs with a bias + ReLU epilogue written straight into column slices
   of the concat buffer (`torch._addmm_activation(out=...)`);
-- the head's passes: the ASPP's concat (`torch.cat` against `concat_channels`) and the final
-  upsample + argmax from channels-last logits against from a channels-first copy (error column:
-  the fraction of labels that differ from the fp32 reference).
+- the head's passes: the ASPP's concat (`torch.cat` against `concat_channels`), the decoder's
+  resize + concat at several tilings, and the final upsample + argmax from channels-last logits
+  against from a channels-first copy (error column: the fraction of labels that differ from the
+  fp32 reference);
+- the 3x3 convs `model.fast.use_fp8` may take: cuDNN fp16 against `model.fp8` (its amax and
+  quantize passes timed apart, tilings, with and without fp32 promotion of the accumulator, and
+  the accumulation error against an exact product), and cuBLAS's FP8 GEMM of the same size.
 Each row: ms per batch (median, CUDA events, L2 flushed between runs), the bandwidth of its
 compulsory bytes (each input read once, each output written once), max |error| against the
 reference. Tables are printed; all rows go to the JSON file.
@@ -139,9 +143,9 @@ FP8_TILINGS = [  # (BM, BN, num_warps, num_stages, SWIZZLE); model.fp8.CONV_TILI
 
 
 def fp8_convs(batch: int, table: list) -> None:
-    """The 3x3 convs `model.fast.use_fp8` may take (and layer3's, which it leaves to cuDNN): cuDNN
-    fp16 against `model.fp8` (amax, quantize, FP8 conv, each timed) and cuBLAS's FP8 GEMM of the
-    same size (`torch._scaled_mm`, the rate a good FP8 GEMM reaches)."""
+    """The ASPP bottleneck (what `model.fast.use_fp8` takes) and layer4's 3x3 conv (which it leaves
+    to cuDNN): cuDNN fp16 against `model.fp8` (amax, quantize, FP8 conv, each timed) and cuBLAS's
+    FP8 GEMM of the same size (`torch._scaled_mm`, the rate a good FP8 GEMM reaches)."""
     half = {"device": "cuda", "dtype": torch.float16}
     for name, branches, cout, d in [("layer4", 1, 512, 4), ("bottleneck", 4, 512, 1)]:
         c = 2048 // branches if branches > 1 else cout
