@@ -73,6 +73,7 @@ def _on_triton(tensors: list[torch.Tensor]) -> bool:
 
 
 if triton is not None:
+    from .kernels import border_class
 
     @triton.jit
     def _image_amax_kernel(x, amax, HW, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -144,8 +145,7 @@ if triton is not None:
             if RESIDUAL == 1:  # a full N x H x W x COUT map
                 y += tl.load(res + dst, mask=ok, other=0.0).to(tl.float32)
             if RESIDUAL == 2:  # N x min(H, 3) x min(W, 3) x COUT: first / middle / last row and column
-                sy = tl.where(h == 0, 0, tl.where(h == H - 1, tl.minimum(H, 3) - 1, 1))
-                sx = tl.where(w == 0, 0, tl.where(w == W - 1, tl.minimum(W, 3) - 1, 1))
+                sy, sx = border_class(h, H), border_class(w, W)
                 small = ((n * tl.minimum(H, 3) + sy) * tl.minimum(W, 3) + sx)[:, None] * COUT + cols[None, :]
                 y += tl.load(res + small, mask=ok, other=0.0).to(tl.float32)
             if RELU:

@@ -50,6 +50,12 @@ if triton is not None:
         return i0, tl.minimum(i0 + 1, size_in - 1), s - i0.to(tl.float32)
 
     @triton.jit
+    def border_class(i, size):
+        """Row (or column) ``i`` of ``size`` -> the row of `spread_borders`' small map it takes:
+        0 for the first, min(size, 3) - 1 for the last, 1 between."""
+        return tl.where(i == 0, 0, tl.where(i == size - 1, tl.minimum(size, 3) - 1, 1))
+
+    @triton.jit
     def _upsample_argmax_kernel(
         src, dst, C, H_in, W_in, H_out, W_out, scale_h, scale_w,
         s_n, s_c, s_h, s_w, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
@@ -349,8 +355,7 @@ if triton is not None:
         c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         mask = (p < H * W)[:, None] & (c < C)[None, :]
         y, x = p // W, p % W
-        sy = tl.where(y == 0, 0, tl.where(y == H - 1, tl.minimum(H, 3) - 1, 1))
-        sx = tl.where(x == 0, 0, tl.where(x == W - 1, tl.minimum(W, 3) - 1, 1))
+        sy, sx = border_class(y, H), border_class(x, W)
         v = tl.load(src + n * s_n + c[None, :] * s_c + (sy * s_h + sx * s_w)[:, None], mask=mask)
         tl.store(dst + n * H * W * C + p[:, None] * C + c[None, :], v, mask=mask)
 
