@@ -28,7 +28,7 @@ from service.server import serve
 from service.settings import Settings
 from test_service import small_net
 from test_service_overload import SlowBackend
-serve(Settings(), SlowBackend(net=small_net(), delay_s=0.5))
+serve(Settings(), SlowBackend(net=small_net(), delay_s=2.0))
 """
 
 
@@ -88,6 +88,9 @@ def test_sigterm_drains_queued_and_running_requests_then_exits_0():
                 pool.submit(httpx.post, url + "/segment", content=image_bytes(scene(i)), headers={"content-type": "image/png"}, timeout=60)
                 for i in range(16)
             ]
+            # all 16 must be in flight at once: each batch of 4 takes 2 s, so the first answers come
+            # long after the last request arrives, even on a loaded 2-core CI machine (at 0.5 s
+            # per batch the 16 could be answered before the last one came in)
             deadline = time.monotonic() + 30
             while metric(httpx.get(url + "/metrics").text, "deeplab_inflight_requests") < 17:  # 16 + this scrape
                 assert time.monotonic() < deadline, "requests never arrived"
