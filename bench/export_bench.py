@@ -1,9 +1,9 @@
 """Model-only images/s: PyTorch (fp32, and fp16 on a GPU) against ONNX Runtime on the exported graph.
 
 "Model-only" means a normalised N x 3 x H x W batch already in place, timed to the logits (the
-same graph for both: `export.onnx` without argmax), so decoding, resizing and HTTP are excluded.
+same graph for both: `export.onnx_export` without argmax), so decoding, resizing and HTTP are excluded.
 PyTorch runs as the service's torch backend does (channels_last, cudnn.benchmark on CUDA).
-ONNX Runtime uses the best provider installed for the device (`export.ort_session`); on a GPU box
+ONNX Runtime uses the best provider installed for the device (`export.engines.ort_session`); on a GPU box
 without onnxruntime-gpu that is the CPU provider, shown for reference. Prints a table and writes
 JSON to bench/results/.
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from export.onnx import export_onnx, sample_hw
-from export.ort_session import create_session
+from export.onnx_export import export_onnx, sample_hw
+from export.engines.ort_session import create_session
 from model import load_model
 
 

@@ -14,7 +14,7 @@
   resize + concat at several tilings, and the final upsample + argmax from channels-last logits
   against from a channels-first copy (error column: the fraction of labels that differ from the
   fp32 reference);
-- the 3x3 convs `model.fast.use_fp8` may take: cuDNN fp16 against `model.fp8` (its amax and
+- the 3x3 convs `model.accel.fast.use_fp8` may take: cuDNN fp16 against `model.accel.fp8` (its amax and
   quantize passes timed apart, tilings, with and without fp32 promotion of the accumulator, and
   the accumulation error against an exact product), and cuBLAS's FP8 GEMM of the same size.
 Each row: ms per batch (median, CUDA events, L2 flushed between runs), the bandwidth of its
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from model import fp8, kernels
+from model.accel import fp8, kernels
 
 TILINGS = [  # (BLOCK_X, BLOCK_C, ROWS, num_warps); the first was shipped before 64x64x2x4
     (64, 64, 8, 8), (64, 64, 4, 8), (64, 64, 2, 8), (64, 64, 2, 4), (64, 64, 1, 4), (32, 64, 8, 4),
@@ -137,14 +137,14 @@ def head_passes(batch: int, table: list) -> None:
         row(table, "upsample", f"{batch}x19x256x512->1024x2048", name, bench_ms(fn), logits.numel() * 2 + labels.numel(), err)
 
 
-FP8_TILINGS = [  # (BM, BN, num_warps, num_stages, SWIZZLE); model.fp8.CONV_TILING is the shipped one
+FP8_TILINGS = [  # (BM, BN, num_warps, num_stages, SWIZZLE); model.accel.fp8.CONV_TILING is the shipped one
     (128, 256, 8, 3, 8), (128, 256, 8, 4, 8),
 ]  # fmt: skip
 
 
 def fp8_convs(batch: int, table: list) -> None:
-    """The ASPP bottleneck (what `model.fast.use_fp8` takes) and layer4's 3x3 conv (which it leaves
-    to cuDNN): cuDNN fp16 against `model.fp8` (amax, quantize, FP8 conv, each timed) and cuBLAS's
+    """The ASPP bottleneck (what `model.accel.fast.use_fp8` takes) and layer4's 3x3 conv (which it leaves
+    to cuDNN): cuDNN fp16 against `model.accel.fp8` (amax, quantize, FP8 conv, each timed) and cuBLAS's
     FP8 GEMM of the same size (`torch._scaled_mm`, the rate a good FP8 GEMM reaches)."""
     half = {"device": "cuda", "dtype": torch.float16}
     for name, branches, cout, d in [("layer4", 1, 512, 4), ("bottleneck", 4, 512, 1)]:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from service.backends import create_backend, default_device, resolve_backend_name
-from service.buckets import InputPolicy
+from model.pipeline.buckets import InputPolicy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -61,7 +61,7 @@ def slug(text: str) -> str:
 
 def sample_batch(policy: InputPolicy, n: int, images: Path) -> np.ndarray:
     """``n`` real frames prepared as the service prepares them (landscape bucket), or noise."""
-    from model.preprocess import load_image
+    from model.pipeline.decode import load_image
 
     files = sorted(images.glob("*.jpg"))[:n] if images.is_dir() else []
     frames = [policy.prepare(load_image(f)).pixels for f in files]

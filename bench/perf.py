@@ -3,11 +3,11 @@
     python -m bench.perf [--configs R-50-D8 ...] [--batches 1 4 8 16] [--profile R-50-D8]
 
 For each backbone: eager fp32 (TF32) at batch 1 (the reference), then the optimized network
-(`model.fast`) in fp16 channels_last at each batch, launched eagerly and replayed as a CUDA graph,
+(`model.accel.fast`) in fp16 channels_last at each batch, launched eagerly and replayed as a CUDA graph,
 from its normalised input (fp16, 8 channels: the image's 3, then zeros) to uint8 labels, plus its
 label agreement with the fp32 reference; then the graph the service replays, from uint8 pixels
 (the normalisation kernel included). On Hopper GPUs the same two graphs again with the ASPP's
-bottleneck in FP8 (precision "fp8", `model.fast.use_fp8`, as `--precision fp8` serves), with
+bottleneck in FP8 (precision "fp8", `model.accel.fast.use_fp8`, as `--precision fp8` serves), with
 their agreement with fp32 and with fp16. With --agreement-images, the trained built-in model's
 fp16 (and FP8-bottleneck) agreement on real photos. Prints a table, writes one JSON object per
 measurement to bench/results/perf_<gpu>.json; `--profile R-50-D8` prints the top CUDA kernels of
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from model import build_model, get_config
-from model import fp8
-from model.fast import Fp8Conv3x3, optimize_for_inference, use_fp8, whole_image_labels
-from model.kernels import depthwise3x3_reference, depthwise3x3_relu, upsample_argmax, upsample_argmax_reference
-from model.preprocess import normalizer
-from service.backends.cuda_graphs import ShapeGraphs
+from model.accel import fp8
+from model.accel.fast import Fp8Conv3x3, optimize_for_inference, use_fp8, whole_image_labels
+from model.accel.kernels import depthwise3x3_reference, depthwise3x3_relu, upsample_argmax, upsample_argmax_reference
+from model.accel.fast import normalizer
+from model.accel.cuda_graphs import ShapeGraphs
 
 CONFIGS = {
     "R-18-D8": "deeplabv3plus_r18-d8_4xb2-80k_cityscapes-512x1024",
@@ -156,7 +156,7 @@ def trained_agreement(image_dir: Path, count: int = 8) -> dict:
     from PIL import Image
 
     from model import DEFAULT_MODEL, load_model
-    from model.preprocess import normalize
+    from model.pipeline.normalize import normalize
 
     net = load_model(DEFAULT_MODEL, device="cuda")
     fast = optimize_for_inference(net).half().to(memory_format=torch.channels_last)

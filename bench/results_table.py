@@ -76,7 +76,7 @@ def table(perf: dict, e2e: dict, flops: list[dict]) -> str:
         f"({agree.get('model')}, {agree.get('images')} CamVid photos resized to {agree.get('input')})"
         + (f"; with its ASPP bottleneck in FP8 as `--precision fp8` runs R-50/101's: {agree['agreement_fp8_bottleneck']:.3%}."
            if "agreement_fp8_bottleneck" in agree else "."),
-        "fp8 = fp16 with the ASPP's bottleneck conv in e4m3 (`model.fast.use_fp8`, Hopper GPUs); the FLOP ceiling "
+        "fp8 = fp16 with the ASPP's bottleneck conv in e4m3 (`model.accel.fast.use_fp8`, Hopper GPUs); the FLOP ceiling "
         "column is against the dense fp16 rate either way.",
         "",
         "Reproduce (one H100; the e2e run needs the service's wheels and 2048x1024 JPEGs):",

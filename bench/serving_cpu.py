@@ -2,9 +2,9 @@
 
     python -m bench.serving_cpu --images DIR [--config NAME] [--threads 1 2 4 8 12]
 
-Per image, as the service does it: decode (`service.codec.decode`), bring to the model's input
+Per image, as the service does it: decode (`model.pipeline.decode.decode`), bring to the model's input
 policy (`InputPolicy.prepare`), restore a label map to the original size (`InputPolicy.restore`)
-and encode it as PNG (`codec.encode_label_png`). The label maps are the images' own grey levels
+and encode it as PNG (`render.encode_label_png`). The label maps are the images' own grey levels
 divided into the config's class count (smooth regions, like real predictions). Single-thread
 milliseconds per stage, then images/s of the whole chain over a thread pool, which shows how far
 the GIL lets the codec threads scale: the service needs `target images/s x ms per image / 1000`
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from model import get_config
-from service import codec
-from service.buckets import InputPolicy
+from model.pipeline import decode, render
+from model.pipeline.buckets import InputPolicy
 
 MAX_PIXELS = 40_000_000
 
@@ -33,7 +33,7 @@ MAX_PIXELS = 40_000_000
 def stages(data: bytes, policy: InputPolicy, cfg) -> dict[str, float]:
     """Milliseconds of each stage for one image."""
     times, t = {}, time.perf_counter()
-    rgb = codec.decode(data, MAX_PIXELS)
+    rgb = decode.decode(data, MAX_PIXELS)
     times["decode"], t = (time.perf_counter() - t) * 1e3, time.perf_counter()
     prepared = policy.prepare(rgb)
     times["prepare"], t = (time.perf_counter() - t) * 1e3, time.perf_counter()
@@ -41,7 +41,7 @@ def stages(data: bytes, policy: InputPolicy, cfg) -> dict[str, float]:
     t = time.perf_counter()
     labels = InputPolicy.restore(labels_in, prepared)
     times["restore"], t = (time.perf_counter() - t) * 1e3, time.perf_counter()
-    codec.encode_label_png(labels, cfg.dataset.palette)
+    render.encode_label_png(labels, cfg.dataset.palette)
     times["encode_png"] = (time.perf_counter() - t) * 1e3
     return times
 

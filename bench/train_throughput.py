@@ -1,7 +1,7 @@
 """Is data loading on the training critical path? Images/s of each stage, alone and together.
 
 For each batch size: in-memory augmentation on the device alone ("augment"), the optimisation
-step on one fixed batch alone ("step"), and both as `model.train` runs them ("train"). If
+step on one fixed batch alone ("step"), and both as `model.training.train` runs them ("train"). If
 "train" is close to "step", data loading is off the critical path. "stream" is the disk path
 (DataLoader workers decoding and augmenting on the CPU) for datasets too large to keep in memory.
 Prints a table and writes JSON.
@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from model import build_model, get_config
-from model.data import TrainBatches, TrainPipeline, open_dataset
+from model.training.data import TrainBatches, TrainPipeline, open_dataset
 from model.training.init import init_weights
 from model.training.loss import LossConfig
 from model.training.step import train_step
-from model.train import AMP_DTYPES, TrainForward
+from model.training.train import AMP_DTYPES, TrainForward
 
 
 def _sync(device: torch.device) -> None:
@@ -85,7 +85,7 @@ def main() -> None:
         def augment(k: int) -> None:
             memory.batch(k)
 
-        stream = memory.batches(0, 10**9)  # as model.train consumes it (prefetching on a GPU)
+        stream = memory.batches(0, 10**9)  # as model.training.train consumes it (prefetching on a GPU)
 
         def both(_: int) -> None:
             img, label = next(stream)

@@ -1,7 +1,7 @@
 """Deployment artefacts from a DeepLabV3+ model: checked ONNX graphs and TensorRT engines.
 
-`python -m export.onnx` writes an ONNX file carrying its own metadata; `export/build_engine.py`
+`python -m export.onnx_export` writes an ONNX file carrying its own metadata; `export/build_engine.py`
 turns one into a TensorRT engine plus JSON sidecar. The service's ONNX Runtime and TensorRT
-backends read both through `export.metadata`, `export.ort_session` and `export.tensorrt_runtime`.
+backends read both through `export.engines.metadata`, `export.engines.ort_session` and `export.engines.tensorrt_runtime`.
 Submodules import `torch.onnx`, `onnx` or `tensorrt` only when used, so importing `export` is cheap.
 """

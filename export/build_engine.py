@@ -16,14 +16,6 @@ size) and fails below 99.5% pixel agreement.
 
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:
-    # Run as a script: Python put export/ first on sys.path, where our onnx.py would shadow the
-    # `onnx` package. Import from the repository root instead.
-    import sys
-    from pathlib import Path
-
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import argparse
 import hashlib
 import sys
@@ -35,22 +27,23 @@ import numpy as np
 import torch
 
 from export.check import check_export, pixel_agreement, sample_batch
-from export.metadata import LABELS, ExportMetadata, read_onnx, write_sidecar
-from export.onnx import export_onnx
-from export.ort_session import create_session, labels_of
-from export.profile import ShapeProfile, hw_arg
+from export.engines.metadata import LABELS, ExportMetadata, read_onnx, write_sidecar
+from export.onnx_export import export_onnx
+from export.engines.ort_session import create_session, labels_of
+from export.engines.profile import ShapeProfile, hw_arg
 from export.tensorrt_build import (
     EngineBuildError,
-    TensorRTUnavailable,
     build_serialized,
     check_profile_fits,
-    import_tensorrt,
     onnx_input,
     trtexec_command,
 )
-from export.tensorrt_runtime import EngineRunner
+from export.engines.tensorrt_import import TensorRTUnavailable, import_tensorrt
+from export.engines.tensorrt_runtime import EngineRunner
 from model import CheckpointError, load_model
-from model.preprocess import load_image, normalize, resize_image
+from model.pipeline.decode import load_image
+from model.pipeline.normalize import normalize
+from model.pipeline.resize import resize_image
 
 MIN_TRT_AGREEMENT = 0.995
 EXIT_NO_TENSORRT = 3

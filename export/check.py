@@ -15,10 +15,10 @@ import numpy as np
 import onnx
 import torch
 
-from model.preprocess import normalize
+from model.pipeline.normalize import normalize
 
-from .metadata import LABELS, read_onnx
-from .ort_session import create_session
+from .engines.metadata import LABELS, read_onnx
+from .engines.ort_session import create_session
 
 MIN_AGREEMENT = 0.999
 

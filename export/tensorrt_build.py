@@ -12,27 +12,12 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from .profile import ShapeProfile
-
-NOT_INSTALLED = "the TensorRT Python bindings (`tensorrt`, version 10) are not installed"
-
-
-class TensorRTUnavailable(RuntimeError):
-    """`tensorrt` cannot be imported here, or is older than 10."""
+from .engines.profile import ShapeProfile
+from .engines.tensorrt_import import import_tensorrt
 
 
 class EngineBuildError(RuntimeError):
     """TensorRT rejected the ONNX graph or failed to build."""
-
-
-def import_tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise TensorRTUnavailable(f"{NOT_INSTALLED} ({exc})") from exc
-    if int(trt.__version__.split(".")[0]) < 10:
-        raise TensorRTUnavailable(f"TensorRT {trt.__version__} found; this code uses the TensorRT 10 API")
-    return trt
 
 
 def onnx_input(onnx_path: str | Path) -> tuple[str, list[int | None]]:

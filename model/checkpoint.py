@@ -18,7 +18,7 @@ import torch
 from .configs import DEFAULT_MODEL, ModelConfig, get_config, list_configs
 from .network import DeepLabV3Plus, build_model
 from .safe_load import CheckpointError, read_checkpoint
-from .zoo import fetch_checkpoint
+from .download import fetch_checkpoint
 
 FORMAT = "deeplab-serve/1"
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / f"{DEFAULT_MODEL}.pth"

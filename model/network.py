@@ -13,7 +13,7 @@ from .resnet import ResNet
 class DeepLabV3Plus(nn.Module):
     """`forward(x)` equals mmseg's `encode_decode`: logits resized to the input's size."""
 
-    #: channels of `x` (`model.fast.optimize_for_inference` makes it 8: the image's 3, then zeros)
+    #: channels of `x` (`model.accel.fast.optimize_for_inference` makes it 8: the image's 3, then zeros)
     input_channels = 3
 
     def __init__(self, config: ModelConfig, with_auxiliary: bool = True):

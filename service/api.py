@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
-from service import codec
+from model.pipeline import render
 from service.errors import BadRequest, NotReady, UnsupportedMediaType, UploadTooLarge
 from service.runtime import Runtime, Segmentation
 
@@ -184,7 +184,7 @@ async def segment(
 
 
 def _json_body(cfg, result: Segmentation, mask: str, started: float) -> dict:
-    counts = codec.class_histogram(result.labels, cfg.num_classes)
+    counts = render.class_histogram(result.labels, cfg.num_classes)
     total, out = int(result.labels.size), result.outcome
     return SegmentJSON(
         model=cfg.name,
@@ -196,7 +196,7 @@ def _json_body(cfg, result: Segmentation, mask: str, started: float) -> dict:
             if n
         ],
         timing=Timing(queue_ms=out.queue_s * 1e3, inference_ms=out.inference_s * 1e3, total_ms=(time.perf_counter() - started) * 1e3),
-        mask=codec.encode_rle(result.labels) if mask == "rle" else None,
+        mask=render.encode_rle(result.labels) if mask == "rle" else None,
     ).model_dump(exclude_none=True)
 
 
@@ -205,13 +205,13 @@ async def _render(runtime: Runtime, result: Segmentation, fmt: str, mask: str, s
     cfg, out = runtime.config, result.outcome
     palette = cfg.dataset.palette
     if fmt == "png":
-        response = Response(await runtime.encode(codec.encode_label_png, result.labels, palette), media_type="image/png")
+        response = Response(await runtime.encode(render.encode_label_png, result.labels, palette), media_type="image/png")
     elif fmt == "raw":
         labels = result.labels
         response = Response(labels.tobytes(), media_type="application/octet-stream")
         response.headers.update({"X-Height": str(labels.shape[0]), "X-Width": str(labels.shape[1])})
     elif fmt == "overlay":
-        response = Response(await runtime.encode(codec.encode_overlay_jpeg, result.rgb, result.labels, palette), media_type="image/jpeg")
+        response = Response(await runtime.encode(render.encode_overlay_jpeg, result.rgb, result.labels, palette), media_type="image/jpeg")
     else:
         response = JSONResponse(await runtime.encode(_json_body, cfg, result, mask, started))
     response.headers.update(

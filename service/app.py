@@ -16,7 +16,8 @@ from starlette.exceptions import HTTPException
 
 from service import api
 from service.backends import Backend
-from service.errors import InvalidParameter, ServiceError
+from model.pipeline.errors import ImageError
+from service.errors import InvalidParameter, ServiceError, from_image_error
 from service.metrics import ServiceMetrics
 from service.middleware import RequestMiddleware
 from service.runtime import Runtime
@@ -34,6 +35,10 @@ def _error(status: int, code: str, detail: str, headers: dict | None = None) -> 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     log.info("refused", extra={"error": exc.code, "detail": exc.detail})
     return _error(exc.status, exc.code, exc.detail, exc.headers)
+
+
+async def _image_error(request: Request, exc: ImageError) -> JSONResponse:
+    return await _service_error(request, from_image_error(exc))
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -69,6 +74,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.include_router(api.router)
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(ImageError, _image_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

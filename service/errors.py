@@ -1,11 +1,14 @@
 """Every failure a client can cause, one exception type each, mapped to an HTTP status here only.
 
-The API layer raises these; a single exception handler turns them into a JSON body
+The API layer raises these (and the image pipeline's `model.pipeline.errors`, translated by
+`from_image_error`); a single exception handler turns them into a JSON body
 ``{"error": <code>, "detail": <message>}``, so clients always get a 4xx/5xx they can parse and the
 process never dies on bad input.
 """
 
 from __future__ import annotations
+
+from model.pipeline import errors as image
 
 
 class ServiceError(Exception):
@@ -67,3 +70,18 @@ class NotReady(ServiceError):
 
 class QueueTimeout(ServiceError):
     status, code = 504, "queue_timeout"
+
+
+_FROM_IMAGE_ERROR: dict[type[image.ImageError], type[ServiceError]] = {
+    image.EmptyImage: EmptyBody,
+    image.CorruptImage: CorruptImage,
+    image.UnsupportedImage: UnsupportedMediaType,
+    image.ImageTooLarge: ImageTooLarge,
+    image.BadDimensions: BadDimensions,
+}
+
+
+def from_image_error(exc: image.ImageError) -> ServiceError:
+    """The service's error for a refusal of the image pipeline (400 if a new kind appears)."""
+    kind = next((cls for cls in type(exc).__mro__ if cls in _FROM_IMAGE_ERROR), None)
+    return (_FROM_IMAGE_ERROR[kind] if kind else CorruptImage)(str(exc))

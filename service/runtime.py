@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service import codec
+from model.pipeline.buckets import InputPolicy, Prepared
+from model.pipeline.decode import decode
+from model.pipeline.restore import restore_labels
 from service.backends import Backend, create_backend
 from service.batcher import Batcher, Outcome
-from service.buckets import InputPolicy, Prepared
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -103,7 +104,7 @@ class Runtime:
 
     def _decode(self, data: bytes) -> tuple[np.ndarray, Prepared, object]:
         """Decode, resize/pad to the bucket, and hand the pixels to the backend's ``stage``."""
-        rgb = codec.decode(data, self.settings.max_image_pixels)
+        rgb = decode(data, self.settings.max_image_pixels)
         prepared = self.policy.prepare(rgb)
         return rgb, prepared, self.backend.stage(prepared.pixels)
 
@@ -112,7 +113,7 @@ class Runtime:
         rgb, prepared, staged = await loop.run_in_executor(self.pool, self._decode, data)
         outcome = await self.batcher.submit(prepared.bucket, staged)
         self.metrics.queue_wait.observe(outcome.queue_s)
-        labels = await loop.run_in_executor(self.pool, InputPolicy.restore, outcome.value, prepared)
+        labels = await loop.run_in_executor(self.pool, restore_labels, outcome.value, prepared)
         return Segmentation(rgb, labels, outcome)
 
     async def encode(self, fn, *args) -> bytes:

@@ -9,17 +9,18 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import randomize
-from test_service import labels_of, post, running_server
+from helpers import randomize
+from helpers import labels_of, post, running_server
 
-from export.onnx import export_onnx
-from export.tensorrt_build import TensorRTUnavailable
+from export.onnx_export import export_onnx
+from export.engines.tensorrt_import import TensorRTUnavailable
 from model import DEFAULT_MODEL, build_model, get_config, save_checkpoint
-from model.preprocess import load_image, normalize
+from model.pipeline.decode import load_image
+from model.pipeline.normalize import normalize
 from service.backends import create_backend, resolve_backend_name
 from service.backends.onnxruntime import OnnxRuntimeBackend
 from service.backends.pytorch import TorchBackend
-from service.buckets import InputPolicy
+from model.pipeline.buckets import InputPolicy
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -34,7 +35,7 @@ def r18():
 
 @pytest.fixture(scope="module")
 def default_onnx(r18, tmp_path_factory):
-    """What `python -m export.onnx --out m.onnx` writes: dynamic batch and size, logits."""
+    """What `python -m export.onnx_export --out m.onnx` writes: dynamic batch and size, logits."""
     path = tmp_path_factory.mktemp("onnx") / "r18.onnx"
     export_onnx(r18, path, trace_hw=(64, 96))
     return path
@@ -56,7 +57,7 @@ def test_onnxruntime_backend_matches_torch_backend_on_camvid(r18, default_onnx, 
 
 
 def test_service_answers_with_the_same_png_as_the_torch_backend(r18, default_onnx, camvid_dir, tmp_path):
-    """`python -m export.onnx --out m.onnx` then `python -m service --model m.onnx`, in one test."""
+    """`python -m export.onnx_export --out m.onnx` then `python -m service --model m.onnx`, in one test."""
     image = min((camvid_dir / "images" / "val").glob("*.jpg")).read_bytes()
     checkpoint = save_checkpoint(r18, tmp_path / "r18.pth")
     served = {}

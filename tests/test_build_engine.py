@@ -15,14 +15,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import randomize
+from helpers import randomize
 
 from export.build_engine import main, resolve_profile
-from export.metadata import MetadataError, read_onnx, read_sidecar
-from export.profile import ShapeProfile, parse_hw
+from export.engines.metadata import MetadataError, read_onnx, read_sidecar
+from export.engines.profile import ShapeProfile, parse_hw
 from export.tensorrt_build import onnx_input, trtexec_command
 from model import DEFAULT_MODEL, build_model, get_config, save_checkpoint
-from service.buckets import InputPolicy
+from model.pipeline.buckets import InputPolicy
 
 REPO = Path(__file__).resolve().parent.parent
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None

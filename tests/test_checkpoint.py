@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import randomize
+from helpers import randomize
 from model import DEFAULT_MODEL, CheckpointError, UnsafeCheckpointError, build_model, get_config, load_model, save_checkpoint
 from model.safe_load import read_checkpoint
 

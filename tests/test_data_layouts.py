@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mmseg_ref import import_mmseg
-from model.data import LAYOUTS, DatasetLayoutError, detect_layout, open_dataset
+from model.training.data import LAYOUTS, DatasetLayoutError, detect_layout, open_dataset
 
 # layout -> (files relative to the root we pass, split files {path: names}, mmseg class, per-split mmseg kwargs)
 CITY = "leftImg8bit/{s}/aachen/aachen_00000{i}_000019"

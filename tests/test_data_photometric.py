@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmseg_ref import import_mmseg
-from model.data.photometric import PhotometricParams, hsv_to_rgb, photometric_distortion, rgb_to_hsv
+from model.training.data.photometric import PhotometricParams, hsv_to_rgb, photometric_distortion, rgb_to_hsv
 
 NONE = PhotometricParams(None, None, True, None, None)
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mmseg_ref import import_mmseg
-from model.data import LabelFormatError, read_label
+from model.training.data import LabelFormatError, read_label
 
 
 @pytest.fixture

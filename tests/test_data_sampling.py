@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from model import DEFAULT_MODEL, get_config
-from model.data import TrainBatches, TrainPipeline, open_dataset
-from model.data.sampling import index_at, positions
+from model.training.data import TrainBatches, TrainPipeline, open_dataset
+from model.training.data.sampling import index_at, positions
 
 
 def test_each_epoch_is_a_permutation_and_epochs_differ():

@@ -10,7 +10,7 @@ import torch
 
 from mmseg_ref import import_mmseg
 from model import DEFAULT_MODEL, get_config
-from model.data.transforms import AugmentParams, TrainPipeline, augment_batch
+from model.training.data.transforms import AugmentParams, TrainPipeline, augment_batch
 
 CFG = get_config(DEFAULT_MODEL)
 

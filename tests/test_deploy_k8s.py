@@ -246,7 +246,7 @@ def fetch_script(overlay: str) -> tuple[dict, dict]:
 
 
 def test_user_model_reaches_the_pod():
-    from export.metadata import sidecar_path
+    from export.engines.metadata import sidecar_path
 
     init, env = fetch_script("user-model")
     assert init["image"] == server("user-model")["image"]

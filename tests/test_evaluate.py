@@ -1,10 +1,10 @@
-"""`python -m model.evaluate` with the shipped CamVid model on a handful of real val frames."""
+"""`python -m model.training.evaluate` with the shipped CamVid model on a handful of real val frames."""
 
 from __future__ import annotations
 
 import json
 
-from model.evaluate import main as evaluate_main
+from model.training.evaluate import main as evaluate_main
 
 # Measured on CPU (fp32) with the shipped fp16 weights: first 5 val frames mIoU 75.60, aAcc 96.97;
 # the whole val split gives 76.05 (model/weights/README.md).

@@ -6,12 +6,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import randomize
+from helpers import randomize
 
 from export.check import ExportCheckError, check_export, compare, sample_batch
-from export.metadata import ExportMetadata, MetadataError, read_onnx
-from export.onnx import check_shapes, export_onnx, main
-from export.ort_session import create_session
+from export.engines.metadata import ExportMetadata, MetadataError, read_onnx
+from export.onnx_export import check_shapes, export_onnx, main
+from export.engines.ort_session import create_session
 from model import DEFAULT_MODEL, build_model, get_config, save_checkpoint
 
 R50 = "deeplabv3plus_r50-d8_4xb4-80k_potsdam-512x512"
@@ -43,7 +43,7 @@ def r18():
 
 @pytest.fixture(scope="module")
 def dynamic_logits(r18, tmp_path_factory):
-    """Dynamic batch and size, logits out: the default `python -m export.onnx` graph."""
+    """Dynamic batch and size, logits out: the default `python -m export.onnx_export` graph."""
     path = tmp_path_factory.mktemp("onnx") / "r18.onnx"
     export_onnx(r18, path, trace_hw=HW)
     return path

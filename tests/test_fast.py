@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize
+from helpers import randomize
 
 from model import build_model, get_config
-from model.fast import FusedDepthwise, fold_batchnorm, optimize_for_inference
+from model.accel.fast import FusedDepthwise, fold_batchnorm, optimize_for_inference
 
 
 @pytest.mark.parametrize("name", [

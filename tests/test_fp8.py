@@ -8,10 +8,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize
+from helpers import randomize
 
-from model import build_model, fp8, get_config
-from model.fast import Fp8Conv3x3, optimize_for_inference, use_fp8
+from model import build_model, get_config
+from model.accel import fp8
+from model.accel.fast import Fp8Conv3x3, optimize_for_inference, use_fp8
 
 needs_hopper = pytest.mark.skipif(
     not (torch.cuda.is_available() and fp8.supported("cuda")),

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import randomize
+from helpers import randomize
 from mmseg_ref import import_mmseg, load_mmseg_config
-from model import Segmenter, build_model, get_config
+from model import build_model, get_config
+from model.pipeline import Segmenter
 
 WHOLE = "deeplabv3plus_r18-d8_4xb4-80k_potsdam-512x512"
 SLIDE = "deeplabv3plus_r18-d8_4xb2-80k_cityscapes-769x769"
@@ -73,7 +74,7 @@ def test_slide_equals_whole_when_one_window_covers_the_image():
 def test_slide_averages_overlapping_windows():
     net = small_net(inference="slide", slide_crop=(48, 48), slide_stride=(32, 32))
     x = torch.randn(1, 3, 64, 96)
-    from model.inference import slide_logits
+    from model.pipeline.inference import slide_logits
 
     with torch.no_grad():
         got = slide_logits(net, x, (48, 48), (32, 32))

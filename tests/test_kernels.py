@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.kernels import (
+from model.accel.kernels import (
     concat_channels,
     depthwise3x3_reference,
     depthwise3x3_relu,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from model import DEFAULT_MODEL, get_config
 from service.metrics import RateMeter, ServiceMetrics
-from test_service import metric
+from helpers import metric
 
 CITYSCAPES_R18 = "deeplabv3plus_r18-d8_4xb2-80k_cityscapes-512x1024"
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from mmseg_ref import import_mmseg
-from model.metrics import IoUAccumulator
+from model.training.metrics import IoUAccumulator
 
 
 def random_split(seed: int, num_classes: int = 6, n: int = 5):

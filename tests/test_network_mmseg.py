@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import randomize
+from helpers import randomize
 from mmseg_ref import build_mmseg_model
 from model import build_model, get_config, list_configs, load_model
 

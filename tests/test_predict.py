@@ -1,4 +1,4 @@
-"""`python -m model.predict` end to end on CamVid frames."""
+"""`python -m model.pipeline.predict` end to end on CamVid frames."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ import sys
 import numpy as np
 from PIL import Image
 
-from conftest import REPO
-from model import Segmenter, load_model
-from model.preprocess import load_image
+from helpers import REPO
+from model import load_model
+from model.pipeline import Segmenter
+from model.pipeline.decode import load_image
 
 
 def test_predict_writes_palette_pngs_that_read_back_as_labels(camvid_dir, tmp_path):
     images = sorted((camvid_dir / "images" / "val").glob("*.jpg"))[:2]
     out = tmp_path / "out"
     run = subprocess.run(
-        [sys.executable, "-m", "model.predict", *map(str, images), "--out", str(out), "--overlay"],
+        [sys.executable, "-m", "model.pipeline.predict", *map(str, images), "--out", str(out), "--overlay"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -34,7 +35,7 @@ def test_predict_writes_palette_pngs_that_read_back_as_labels(camvid_dir, tmp_pa
 
 def test_predict_reports_missing_images(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "model.predict", str(tmp_path / "nope.jpg"), "--out", str(tmp_path)],
+        [sys.executable, "-m", "model.pipeline.predict", str(tmp_path / "nope.jpg"), "--out", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 2 and "not found" in run.stderr

@@ -7,90 +7,19 @@ are compared with the same network run directly through ``model.Segmenter``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
 import io
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from conftest import randomize
-from model import DEFAULT_MODEL, Segmenter, build_model, get_config
+from helpers import SCALE, image_bytes, labels_of, metric, post, running_server, scene, small_net
+from model import DEFAULT_MODEL, get_config
+from model.pipeline import Segmenter
 from service.backends.pytorch import TorchBackend
-from service.server import build_server
-from service.settings import Settings
-
-SCALE = (64, 48)
-
-
-def small_net(seed: int = 0) -> torch.nn.Module:
-    cfg = dataclasses.replace(get_config(DEFAULT_MODEL), test_scale=SCALE)
-    net = build_model(cfg)
-    net.load_state_dict(randomize(net.state_dict(), seed))
-    return net.eval()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_server(backend, **overrides):
-    """A real uvicorn server in a thread; yields its base URL once /readyz is 200."""
-    settings = Settings(host="127.0.0.1", port=free_port(), device="cpu", log_level="warning", **overrides)
-    server = build_server(settings, backend)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{settings.port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not become ready"
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/readyz").status_code == 200:
-                break
-        time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
-
-def image_bytes(rgb: np.ndarray, fmt: str = "PNG", **save) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format=fmt, **save)
-    return buf.getvalue()
-
-
-def scene(seed: int, size=SCALE) -> np.ndarray:
-    """A distinct smooth image: random blobs, so a random network still gives varied labels."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(small).resize(size, Image.BILINEAR))
-
-
-def metric(text: str, name: str, **labels) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels`` (Prometheus text format)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not line:
-            continue
-        series, value = line.rsplit(" ", 1)
-        base, _, label_text = series.partition("{")
-        if base == name and all(f'{k}="{v}"' in label_text for k, v in labels.items()):
-            total += float(value)
-    return total
-
 
 @pytest.fixture(scope="module")
 def net():
@@ -109,14 +38,6 @@ def server(net):
         yield url
 
 
-def post(url: str, data: bytes, fmt: str = "png", content_type="image/png", **params) -> httpx.Response:
-    return httpx.post(f"{url}/segment", params={"format": fmt, **params}, content=data, headers={"content-type": content_type}, timeout=60)
-
-
-def labels_of(response: httpx.Response) -> np.ndarray:
-    img = Image.open(io.BytesIO(response.content))
-    assert img.mode == "P"
-    return np.asarray(img)
 
 
 def test_png_label_map_matches_the_model_run_directly(server, reference):

@@ -10,16 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from model import Segmenter, build_model, fp8, get_config
-from model.fast import Fp8Conv3x3
+from model import build_model, get_config
+from model.accel import fp8
+from model.pipeline import Segmenter
+from model.accel.fast import Fp8Conv3x3
 from service.backends import create_backend, resolve_backend_name
 from service.backends.pytorch import TorchBackend
-from service.buckets import InputPolicy
+from model.pipeline.buckets import InputPolicy
 from service.metrics import ServiceMetrics
 from service.runtime import Runtime
 from service.settings import Settings
-from conftest import randomize
-from test_service import SCALE, image_bytes, labels_of, post, running_server, scene, small_net
+from helpers import randomize
+from helpers import SCALE, image_bytes, labels_of, post, running_server, scene, small_net
 
 
 @pytest.mark.parametrize(
@@ -81,7 +83,7 @@ def test_warm_up_covers_main_buckets_at_every_batch_size_on_cuda():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU box)")
 @pytest.mark.parametrize("cuda_graphs", [False, True])
 def test_cuda_backend_serves_the_optimized_network_with_the_same_labels(cuda_graphs):
-    """On CUDA the backend runs model.fast's rewrite and the fused upsample + argmax kernel,
+    """On CUDA the backend runs model.accel.fast's rewrite and the fused upsample + argmax kernel,
     replayed as a CUDA graph for warmed-up shapes; in fp32 its labels must be the CPU
     reference's (up to summation-order ties), also for an uncaptured batch size and for two
     threads calling at once (the batcher's two batches in flight) with inputs staged from other

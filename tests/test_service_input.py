@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model import Segmenter
+from model.pipeline import Segmenter
 from service.backends.pytorch import TorchBackend
-from test_codec import png_claiming
-from test_service import image_bytes, labels_of, post, running_server, scene, small_net
+from helpers import png_claiming
+from helpers import image_bytes, labels_of, post, running_server, scene, small_net
 
 MAX_BYTES = 200_000
 MAX_PIXELS = 1_000_000

@@ -14,24 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.backends.pytorch import TorchBackend
-from test_service import image_bytes, labels_of, metric, post, running_server, scene, small_net
-
-
-class SlowBackend(TorchBackend):
-    """The torch backend, taking at least ``delay_s`` per batch."""
-
-    def __init__(self, *args, delay_s: float = 0.5, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.delay_s = delay_s
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        time.sleep(self.delay_s)
-        return super().infer(batch)
-
-    def warm_up(self, shapes, tune=True) -> None:  # start-up need not be slow
-        for n, h, w in shapes:
-            super().infer(np.zeros((n, h, w, 3), np.uint8))
+from helpers import SlowBackend, image_bytes, labels_of, metric, post, running_server, scene, small_net
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image
 
-from test_service import free_port, image_bytes, labels_of, metric, scene
+from helpers import REPO, free_port, image_bytes, labels_of, metric, scene
 
-REPO = Path(__file__).resolve().parent.parent
 
 # A real server process whose backend takes 0.5 s per batch of 4, so 16 requests are still
 # queued or running when SIGTERM arrives.
@@ -26,8 +24,7 @@ import sys
 sys.path.insert(0, "tests")
 from service.server import serve
 from service.settings import Settings
-from test_service import small_net
-from test_service_overload import SlowBackend
+from helpers import SlowBackend, small_net
 serve(Settings(), SlowBackend(net=small_net(), delay_s=2.0))
 """
 

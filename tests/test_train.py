@@ -1,4 +1,4 @@
-"""`model.train` on a tiny synthetic tree, on CPU: the loss falls, resume is bit-identical, torchrun works."""
+"""`model.training.train` on a tiny synthetic tree, on CPU: the loss falls, resume is bit-identical, torchrun works."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from PIL import Image
 
 from model import DEFAULT_MODEL, build_model, get_config, load_model
 from model.checkpoint import DEFAULT_WEIGHTS
-from model.train import load_initial_weights
-from model.train import main as train_main
+from model.training.train import load_initial_weights
+from model.training.train import main as train_main
 from model.training.state import load_state
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ def test_resume_continues_bit_identically(tree, tmp_path):
 
 def test_two_process_gloo_torchrun_stops_together_on_time_limit(tree, tmp_path):
     """Two CPU processes; `--max-minutes 0` makes both stop, and rank 0 save, at the first log step."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "model.train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "model.training.train",
            DEFAULT_MODEL, "--data", str(tree), "--val-data", "none", "--iters", "20", "--max-minutes", "0",
            "--work-dir", str(tmp_path), *TINY]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

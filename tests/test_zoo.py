@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import randomize
+from helpers import randomize
 from model import build_model, configs, get_config, load_model
-from model.zoo import DownloadError, download
+from model.download import DownloadError, download
 
 CFG = get_config("deeplabv3plus_r18-d8_4xb4-80k_potsdam-512x512")
 URL = CFG.zoo.checkpoint_url  # https://download.openmmlab.com/mmsegmentation/v0.5/...

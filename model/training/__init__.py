@@ -1,1 +1,1 @@
-"""Pieces of `model.train`: weight init, losses, lr schedule, distributed setup, run state, logs."""
+"""Pieces of `model.training.train`: weight init, losses, lr schedule, distributed setup, run state, logs."""

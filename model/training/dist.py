@@ -1,4 +1,4 @@
-"""torchrun's environment -> one process per device; a plain `python -m model.train` is world 1.
+"""torchrun's environment -> one process per device; a plain `python -m model.training.train` is world 1.
 
 NCCL on GPUs, gloo on CPU. `torch.distributed` is only initialised when torchrun set WORLD_SIZE,
 so single-process runs need no rendezvous.

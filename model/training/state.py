@@ -1,6 +1,6 @@
 """The training run's resumable state: weights, optimizer, AMP scaler, EMA, iteration, best score.
 
-Data order and augmentation are functions of (seed, iteration) (see `model.data.sampling`) and
+Data order and augmentation are functions of (seed, iteration) (see `model.training.data.sampling`) and
 dropout is reseeded every iteration, so these tensors are all a resumed run needs to continue
 bit-identically. As mmseg's CheckpointHook: WORK_DIR/iter_K.pth, the newest `keep` of them kept,
 and WORK_DIR/last_checkpoint naming the newest. Files are written to a temporary name and

@@ -1,4 +1,4 @@
-"""One optimisation step, shared by `model.train` and the throughput benchmark."""
+"""One optimisation step, shared by `model.training.train` and the throughput benchmark."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""ONNX Runtime backend for `.onnx` files written by `python -m export.onnx`.
+"""ONNX Runtime backend for `.onnx` files written by `python -m export.onnx_export`.
 
 The file's own metadata (config, classes, palette, normalisation, logits vs labels output) makes
-it self-describing, so no checkpoint is needed. Normalisation reuses `model.preprocess.normalize`
+it self-describing, so no checkpoint is needed. Normalisation reuses `model.pipeline.normalize.normalize`
 so the graph sees exactly the torch backend's input. Providers: TensorRT, CUDA, then CPU where
-installed and a GPU device was asked for (see `export.ort_session`).
+installed and a GPU device was asked for (see `export.engines.ort_session`).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from export.metadata import read_onnx
-from export.ort_session import create_session, labels_of
-from model.preprocess import normalize
+from export.engines.metadata import read_onnx
+from export.engines.ort_session import create_session, labels_of
+from model.pipeline.normalize import normalize
 from service.backends.base import Backend
 
 

@@ -6,11 +6,11 @@ largest conv in e4m3 on Hopper GPUs), activations use
 channels_last (what cuDNN's fastest conv kernels want), cudnn.benchmark picks kernels per input
 shape (our shapes are a few fixed buckets, warmed up at start), and the upload is uint8 with
 normalisation and argmax on the device, so only 1 byte per pixel crosses PCIe each way.
-On CUDA the network is first rewritten by `model.fast.optimize_for_inference` (BN folded, fused
+On CUDA the network is first rewritten by `model.accel.fast.optimize_for_inference` (BN folded, fused
 conv + bias + residual + ReLU, Triton depthwise and resize kernels) and whole-image inference
 ends in the fused upsample + argmax kernel, which never writes full-resolution logits. With
 `cuda_graphs` (the default on CUDA) every warmed-up batch shape is captured once and replayed
-(`service.backends.cuda_graphs`), each image is uploaded by `stage` as soon as it is decoded,
+(`model.accel.cuda_graphs`), each image is uploaded by `stage` as soon as it is decoded,
 and two batches may be in flight. (`torch.compile` of the rewritten network measured at most 4%
 faster, for R-18 only, before CUDA graphs, and its dynamic-shape graphs break on the Triton
 kernels' float arguments, so it is not offered.)
@@ -23,14 +23,14 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from model import fp8, load_model
-from model.fast import optimize_for_inference, use_fp8, whole_image_labels
-from model.inference import slide_logits
-from model.preprocess import normalizer
+from model import load_model
+from model.accel import fp8
+from model.accel.fast import normalizer, optimize_for_inference, use_fp8, whole_image_labels
+from model.pipeline.inference import slide_logits
 from service.backends.base import Backend
-from service.backends.cuda_graphs import ShapeGraphs
+from model.accel.cuda_graphs import ShapeGraphs
 
-# fp8: fp16 activations, and the ASPP's bottleneck conv in e4m3 (`model.fast.use_fp8`)
+# fp8: fp16 activations, and the ASPP's bottleneck conv in e4m3 (`model.accel.fast.use_fp8`)
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float16}
 
 

@@ -4,7 +4,7 @@ The engine's JSON sidecar supplies the config, classes, palette and optimization
 uint8 pixels are uploaded (pinned, asynchronous); normalisation runs on the GPU and, when the
 engine ends in argmax, only uint8 labels come back. Execution itself (named tensors,
 `set_input_shape`, `execute_async_v3` on a dedicated stream, splitting batches above the
-profile's maximum) is `export.tensorrt_runtime.EngineRunner`. The engine's precision was fixed
+profile's maximum) is `export.engines.tensorrt_runtime.EngineRunner`. The engine's precision was fixed
 at build time, so the service's precision setting does not apply here.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from export.metadata import LABELS
-from export.tensorrt_runtime import EngineRunner
-from model.preprocess import normalize
+from export.engines.metadata import LABELS
+from export.engines.tensorrt_runtime import EngineRunner
+from model.pipeline.normalize import normalize
 from service.backends.base import Backend
 
 

@@ -11,9 +11,8 @@ which normalises to ~0, the value mmseg pads with after normalising. An image wh
 is already a bucket (e.g. every 480x360 CamVid frame) is not padded at all and gives exactly the
 result of running the model on it alone.
 
-After inference the label map is cropped back to the resized size and scaled to the original size
-with nearest neighbour (labels are categories; the model CLI instead resizes logits bilinearly, so
-the two can differ on class boundaries when the original size is not the test size).
+After inference `model.pipeline.restore.restore_labels` brings the label map back to the
+original size (one of the two restore modes documented there).
 """
 
 from __future__ import annotations
@@ -21,11 +20,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
-from model.preprocess import rescale_size, resize_image
-from service.errors import BadDimensions
+from .errors import BadDimensions
+from .resize import rescale_size, resize_image
 
 Size = tuple[int, int]  # (width, height)
 
@@ -91,11 +89,3 @@ class InputPolicy:
         pixels[: resized[1], resized[0] :] = self.pad_rgb
         pixels[resized[1] :] = self.pad_rgb
         return Prepared(pixels, bucket, resized, (width, height))
-
-    @staticmethod
-    def restore(labels: np.ndarray, prepared: Prepared) -> np.ndarray:
-        """Bucket-sized label map -> label map at the original image size."""
-        cropped = labels[: prepared.resized[1], : prepared.resized[0]]
-        if prepared.resized == prepared.original:
-            return np.ascontiguousarray(cropped)
-        return cv2.resize(cropped, prepared.original, interpolation=cv2.INTER_NEAREST)

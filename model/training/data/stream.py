@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .layouts import SegDataset
-from ..preprocess import load_image
+from ...pipeline.decode import load_image
 from .reading import read_label
 from .sampling import index_at, positions, sample_seed
 from .transforms import TrainPipeline, augment_batch

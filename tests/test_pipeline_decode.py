@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.preprocess import load_image, rescale_size, resize_image, to_rgb
+from model.pipeline.decode import load_image, to_rgb
+from model.pipeline.resize import rescale_size, resize_image
 
 RNG = np.random.RandomState(0)
 RGB = RNG.randint(0, 255, (30, 40, 3), dtype=np.uint8)

@@ -1,7 +1,8 @@
 """Whole-image, sliding-window and multi-scale + flip inference, as mmseg's EncoderDecoder does it.
 
 `Segmenter.predict` takes RGB arrays of any size and returns uint8 label maps at their original
-size: test resize -> network (whole or slide) -> bilinear resize of the logits back -> argmax.
+size: test resize -> network (whole or slide) -> bilinear resize of the logits back -> argmax
+(`restore_logits`, the mmseg-exact restore mode).
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .heads import resize
-from .network import DeepLabV3Plus
-from .preprocess import normalize, rescale_size, resize_image
+from ..network import DeepLabV3Plus
+from ..precision import Precision
+from .normalize import normalize
+from .resize import rescale_size, resize_image
+from .restore import restore_logits
 
 TTA_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = (Precision.FP32, Precision.FP16, Precision.BF16)
 
 
 def slide_logits(net: DeepLabV3Plus, x: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
@@ -41,12 +43,11 @@ class Segmenter:
     """Runs a loaded model on RGB images with the config's test pipeline."""
 
     def __init__(self, net: DeepLabV3Plus, device: str | torch.device = "cpu", precision: str = "fp32", tta: bool = False):
-        if precision not in _DTYPES:
-            raise ValueError(f"precision must be one of {sorted(_DTYPES)}, not {precision!r}")
+        self.precision = Precision.parse(precision, PRECISIONS, "Segmenter")
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.config = net.config
-        self.dtype = _DTYPES[precision]
+        self.dtype = self.precision.dtype
         self.tta = tta
 
     def _network_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,7 @@ class Segmenter:
         logits = self._network_logits(x)
         if flip:
             logits = logits.flip(-1)
-        return resize(logits, out_hw, self.config.head.align_corners)
+        return restore_logits(logits, out_hw, self.config.head.align_corners)
 
     @torch.inference_mode()
     def predict_logits(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
@@ -89,9 +90,6 @@ class Segmenter:
 
     def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [s.argmax(dim=0).to(torch.uint8).cpu().numpy() for s in self.predict_logits(images)]
-
-    def predict_probabilities(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return [F.softmax(s, dim=0).cpu().numpy() if not self.tta else s.cpu().numpy() for s in self.predict_logits(images)]
 
 
 def _group_by_shape(images: Sequence[np.ndarray]) -> dict[tuple, list[int]]:

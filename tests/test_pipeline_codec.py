@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from service import codec
-from service.errors import CorruptImage, EmptyBody, ImageTooLarge, UnsupportedMediaType
+from helpers import image_bytes, png_claiming
+from model.pipeline import decode as codec_decode, render
+from model.pipeline.errors import CorruptImage, EmptyImage, ImageTooLarge, UnsupportedImage
 
 PALETTE = [(128, 128, 128), (128, 0, 0), (0, 0, 255)]
-
-
-def encoded(rgb: np.ndarray, fmt: str, **save) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format=fmt, **save)
-    return buf.getvalue()
 
 
 RGB = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
@@ -27,14 +20,14 @@ RGB = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
 
 @pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF", "WEBP"])
 def test_lossless_formats_decode_exactly(fmt):
-    data = encoded(RGB, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
-    assert codec.probe(data, 10_000) == (fmt, 30, 20)
-    assert np.array_equal(codec.decode(data, 10_000), RGB)
+    data = image_bytes(RGB, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    assert codec_decode.probe(data, 10_000) == (fmt, 30, 20)
+    assert np.array_equal(codec_decode.decode(data, 10_000), RGB)
 
 
 def test_jpeg_decodes_to_rgb_of_the_original_size():
-    data = encoded(RGB, "JPEG", quality=95)
-    out = codec.decode(data, 10_000)
+    data = image_bytes(RGB, "JPEG", quality=95)
+    out = codec_decode.decode(data, 10_000)
     assert out.shape == (20, 30, 3) and out.dtype == np.uint8
     assert np.array_equal(out, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
 
@@ -45,59 +38,51 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # rotate 90 degrees clockwise for display
     buf = io.BytesIO()
     img.save(buf, format="JPEG", exif=exif, quality=95)
-    assert codec.decode(buf.getvalue(), 10_000).shape == (30, 20, 3)
+    assert codec_decode.decode(buf.getvalue(), 10_000).shape == (30, 20, 3)
 
 
 def test_grey_and_palette_images_become_rgb():
-    grey = encoded(RGB[..., 0], "PNG")
-    out = codec.decode(grey, 10_000)
+    grey = image_bytes(RGB[..., 0], "PNG")
+    out = codec_decode.decode(grey, 10_000)
     assert out.shape == (20, 30, 3) and np.array_equal(out[..., 0], RGB[..., 0])
     pal = Image.fromarray(RGB).convert("P")
     buf = io.BytesIO()
     pal.save(buf, format="PNG")
-    assert codec.decode(buf.getvalue(), 10_000).shape == (20, 30, 3)
+    assert codec_decode.decode(buf.getvalue(), 10_000).shape == (20, 30, 3)
 
 
 @pytest.mark.parametrize(
     "data,error",
     [
-        (b"", EmptyBody),
-        (b"definitely not an image", UnsupportedMediaType),
-        (encoded(RGB, "GIF"), UnsupportedMediaType),
-        (encoded(RGB, "JPEG")[:200], CorruptImage),
+        (b"", EmptyImage),
+        (b"definitely not an image", UnsupportedImage),
+        (image_bytes(RGB, "GIF"), UnsupportedImage),
+        (image_bytes(RGB, "JPEG")[:200], CorruptImage),
         (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, CorruptImage),
-        (encoded(RGB, "PNG"), ImageTooLarge),  # 600 px over a 599 px limit
+        (image_bytes(RGB, "PNG"), ImageTooLarge),  # 600 px over a 599 px limit
     ],
 )
 def test_refusals(data, error):
     with pytest.raises(error):
-        codec.decode(data, 599)
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny valid PNG whose header claims ``width x height`` (CRC fixed up): a bomb's header."""
-    data = bytearray(encoded(np.zeros((8, 8, 3), np.uint8), "PNG"))
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
+        codec_decode.decode(data, 599)
 
 
 def test_pixel_limits_are_checked_from_the_header_before_decoding():
     with pytest.raises(ImageTooLarge, match="limit is 40000000"):
-        codec.decode(png_claiming(8000, 8000), 40_000_000)  # ours: 64 Mpx > 40 Mpx
+        codec_decode.decode(png_claiming(8000, 8000), 40_000_000)  # ours: 64 Mpx > 40 Mpx
     with pytest.raises(ImageTooLarge, match="decompression bomb"):
-        codec.decode(png_claiming(100_000, 100_000), 10**12)  # PIL's own guard still applies
-    assert codec.probe(png_claiming(6000, 6000), 40_000_000) == ("PNG", 6000, 6000)
+        codec_decode.decode(png_claiming(100_000, 100_000), 10**12)  # PIL's own guard still applies
+    assert codec_decode.probe(png_claiming(6000, 6000), 40_000_000) == ("PNG", 6000, 6000)
 
 
 def test_zero_width_header_is_corrupt():
     with pytest.raises(CorruptImage):
-        codec.decode(png_claiming(0, 10), 10_000)
+        codec_decode.decode(png_claiming(0, 10), 10_000)
 
 
 def test_label_png_round_trips_with_palette():
     labels = np.random.default_rng(1).integers(0, 3, (7, 9), dtype=np.uint8)
-    img = Image.open(io.BytesIO(codec.encode_label_png(labels, PALETTE)))
+    img = Image.open(io.BytesIO(render.encode_label_png(labels, PALETTE)))
     assert img.mode == "P" and img.size == (9, 7)
     assert np.array_equal(np.asarray(img), labels)
     assert img.getpalette()[:9] == [c for rgb in PALETTE for c in rgb]
@@ -111,7 +96,7 @@ def test_label_png_is_exact_for_any_shape_and_class_count(shape):
     labels = rng.integers(0, 150, shape, dtype=np.uint8)
     labels[: shape[0] // 2] = np.repeat(labels[:1], shape[0] // 2, axis=0)  # repeated rows, as real maps have
     palette = [(i, 255 - i, (7 * i) % 256) for i in range(150)]
-    img = Image.open(io.BytesIO(codec.encode_label_png(labels, palette)))
+    img = Image.open(io.BytesIO(render.encode_label_png(labels, palette)))
     img.load()
     assert img.mode == "P" and np.array_equal(np.asarray(img), labels)
     assert img.getpalette()[: 3 * 150] == [c for rgb in palette for c in rgb]
@@ -121,14 +106,14 @@ def test_label_png_of_a_smooth_map_is_small():
     labels = np.zeros((1024, 2048), np.uint8)
     labels[300:700, 500:1500] = 3
     labels[800:, :] = 7
-    assert len(codec.encode_label_png(labels, PALETTE)) < 20_000  # 2 MB of pixels
+    assert len(render.encode_label_png(labels, PALETTE)) < 20_000  # 2 MB of pixels
 
 
 def test_overlay_blends_image_and_palette():
     rgb = np.full((8, 8, 3), 200, np.uint8)
     labels = np.zeros((8, 8), np.uint8)
     labels[:, 4:] = 2
-    out = np.asarray(Image.open(io.BytesIO(codec.encode_overlay_jpeg(rgb, labels, PALETTE))))
+    out = np.asarray(Image.open(io.BytesIO(render.encode_overlay_jpeg(rgb, labels, PALETTE))))
     assert out.shape == (8, 8, 3)
     assert np.allclose(out[2, 1], [164, 164, 164], atol=8)  # (200 + 128) / 2
     assert np.allclose(out[2, 6], [100, 100, 228], atol=12)  # (200 + (0, 0, 255)) / 2
@@ -136,7 +121,7 @@ def test_overlay_blends_image_and_palette():
 
 def test_rle_round_trip_and_histogram():
     labels = np.array([[0, 0, 1], [1, 1, 2]], np.uint8)
-    rle = codec.encode_rle(labels)
+    rle = render.encode_rle(labels)
     assert rle["values"] == [0, 1, 2] and rle["counts"] == [2, 3, 1] and rle["size"] == [2, 3]
     assert np.array_equal(np.repeat(rle["values"], rle["counts"]).reshape(rle["size"]), labels)
-    assert codec.class_histogram(labels, 4).tolist() == [2, 3, 1, 0]
+    assert render.class_histogram(labels, 4).tolist() == [2, 3, 1, 0]

@@ -5,16 +5,16 @@
   (`torch.cudnn_convolution_relu` / `cudnn_convolution_add_relu`); after folding, PyTorch would
   otherwise add the bias, the residual and the ReLU as three more passes over each activation.
 - `FusedDepthwise`: the depthwise 3x3 convs of the separable convs (+ bias + ReLU) as one Triton
-  pass (`model.kernels.depthwise3x3_relu`); cuDNN runs the ASPP's dilated ones (2048 channels,
+  pass (`model.accel.kernels.depthwise3x3_relu`); cuDNN runs the ASPP's dilated ones (2048 channels,
   dilation 12/24/36) with a slow grouped-direct kernel, 3.3 ms each at 1024x2048 on an H100.
-- `StemMaxPool`: the stem's max pool without PyTorch's int64 indices (`model.kernels.max_pool3x3s2`).
+- `StemMaxPool`: the stem's max pool without PyTorch's int64 indices (`model.accel.kernels.max_pool3x3s2`).
 - `FastASPPHead`: the image-pool branch's share of the bottleneck conv computed on a 3x3 map
   instead of over a broadcast full-size map, its mean taken in a depthwise pass that reads the
   same input anyway, the ASPP's concat at memory speed
-  (`model.kernels.concat_channels`), and the decoder's resize + concat as one pass
-  (`model.kernels.resize_concat`).
+  (`model.accel.kernels.concat_channels`), and the decoder's resize + concat as one pass
+  (`model.accel.kernels.resize_concat`).
 - `use_fp8` (opt-in, Hopper GPUs): the ASPP's bottleneck, R-50/101's largest conv, with e4m3
-  weights and activations (`model.fp8`); not exact (`bench.perf` measures the label agreement).
+  weights and activations (`model.accel.fp8`); not exact (`bench.perf` measures the label agreement).
 - Channel padding: cuDNN's fp16 tensor-core convs take input channels in multiples of 8 and pad
   any other count in a pass of their own (`nhwcAddPaddingKernel`: 3% of R-18-D8's time, for the
   3-channel image and the decoder's 128 + 12 channels). The first conv and the decoder's first
@@ -26,16 +26,22 @@ All are exact up to float summation order; `tests/test_fast.py` checks them agai
 from __future__ import annotations
 
 import copy
+import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import ConvModule, DepthwiseSeparableASPPHead, DepthwiseSeparableConvModule
+from ..heads import ConvModule, DepthwiseSeparableASPPHead, DepthwiseSeparableConvModule
 from .fp8 import K_STEP, conv3x3_fp8, image_amax, quantize_padded, quantize_weight
-from .kernels import concat_channels, depthwise3x3_relu, depthwise3x3_relu_and_mean, max_pool3x3s2, resize_concat, spread_borders, upsample_argmax
-from .network import DeepLabV3Plus
-from .resnet import BasicBlock, Bottleneck
+from ..configs import ModelConfig
+from ..network import DeepLabV3Plus
+from ..resnet import BasicBlock, Bottleneck
+from .kernels import (
+    concat_channels, depthwise3x3_relu, depthwise3x3_relu_and_mean, max_pool3x3s2, normalize_pixels, resize_concat,
+    spread_borders, upsample_argmax,
+)  # fmt: skip
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -191,7 +197,7 @@ def _spread_like(small: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 class Fp8Conv3x3(nn.Module):
     """A BN-folded 3x3 stride-1 conv + bias (+ residual) (+ ReLU) with e4m3 weights and inputs
-    (`model.fp8`). Its input may be a list of maps: their channel concat, never written in fp16;
+    (`model.accel.fp8`). Its input may be a list of maps: their channel concat, never written in fp16;
     its residual may be a map of at most 3 x 3, spread over the output (`conv3x3_fp8`)."""
 
     def __init__(self, conv: FusedConv):
@@ -277,7 +283,7 @@ class FastASPPHead(DepthwiseSeparableASPPHead):
 def optimize_for_inference(net: DeepLabV3Plus) -> DeepLabV3Plus:
     """A copy with BN folded, the fast decode head and conv + bias + residual + ReLU fused; eval
     only (the head's dropout is skipped). It takes `input_channels` (8) channels: the image's 3,
-    then zeros (`model.preprocess.normalizer(..., channels=8)` writes them)."""
+    then zeros (`normalizer(..., channels=8)` writes them)."""
     fast = copy.deepcopy(net).eval()
     fast.auxiliary_head = None
     fuse_activations(fold_batchnorm(fast))
@@ -295,3 +301,14 @@ def whole_image_labels(net: DeepLabV3Plus, x: torch.Tensor) -> torch.Tensor:
     one class, neighbouring output pixels then read neighbouring source pixels (coalesced),
     where channels-last spreads a warp's loads over 32 pixels' class vectors."""
     return upsample_argmax(net.decode(x).contiguous(), x.shape[2:], net.config.head.align_corners)
+
+
+def normalizer(
+    config: ModelConfig, device: torch.device | str, dtype: torch.dtype = torch.float32, channels: int = 3
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`normalize_pixels` with mean and std placed on `device` once (no host-to-device copy per
+    call, so a CUDA graph can capture it), its result cast to `dtype`, channels-last and
+    zero-padded to `channels` (the fast network's first conv takes 8)."""
+    mean = torch.tensor(config.mean, device=device)
+    std = torch.tensor(config.std, device=device)
+    return functools.partial(normalize_pixels, mean=mean, std=std, dtype=dtype, channels=channels)

@@ -222,7 +222,7 @@ def conv3x3_fp8(
     """relu(conv3x3(x, dilation, padding = dilation) + bias (+ residual)) from x's
     `quantize_padded` (pad = dilation) and `image_amax`: N x Cout x H x W fp16, channels-last.
     A residual smaller than the output (at most 3 x 3) is spread over it as by
-    `model.kernels.spread_borders`, without that full-size map ever being written.
+    `model.accel.kernels.spread_borders`, without that full-size map ever being written.
 
     ``promote_every``: None lets the tensor cores accumulate the whole K (Triton's default on
     sm90; their FP8 accumulator keeps fewer bits than fp32: at the bottleneck's K = 18432, 7e-3

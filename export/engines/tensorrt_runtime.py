@@ -14,7 +14,7 @@ import torch
 
 from .metadata import read_sidecar
 from .profile import ShapeProfile
-from .tensorrt_build import import_tensorrt
+from .tensorrt_import import import_tensorrt
 
 
 class EngineRunError(RuntimeError):

@@ -1,7 +1,7 @@
-"""Train DeepLabV3+ with mmsegmentation's recipe: `python -m model.train CONFIG --data DIR`.
+"""Train DeepLabV3+ with mmsegmentation's recipe: `python -m model.training.train CONFIG --data DIR`.
 
 Multi-GPU / multi-node through torchrun (DDP + SyncBatchNorm on GPUs, gloo on CPU):
-    torchrun --nproc-per-node N -m model.train CONFIG --data DIR
+    torchrun --nproc-per-node N -m model.training.train CONFIG --data DIR
 
 Defaults are mmseg's: the config's crop, train scale, batch per GPU and iterations; SGD lr 0.01,
 momentum 0.9, weight decay 5e-4, poly decay (power 0.9) to 1e-4 by iteration; cross-entropy
@@ -28,21 +28,21 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from .checkpoint import load_model, load_state, save_checkpoint
-from .configs import ModelConfig, get_config
+from ..checkpoint import load_model, load_state, save_checkpoint
+from ..configs import ModelConfig, get_config
 from .data import TrainBatches, TrainPipeline, open_dataset
 from .data.statistics import class_pixel_counts
 from .evaluate import dataset_for, evaluate
-from .inference import Segmenter
-from .network import DeepLabV3Plus, build_model
-from .training import dist
-from .training.init import init_weights
-from .training.logs import RunLog
-from .training.loss import LossConfig, median_frequency_weights
-from .training.schedule import poly_lr, set_lr
-from .training.state import load_state as load_run_state
-from .training.state import last_checkpoint, save_run_state
-from .training.step import train_step
+from ..pipeline.inference import Segmenter
+from ..network import DeepLabV3Plus, build_model
+from . import dist
+from .init import init_weights
+from .logs import RunLog
+from .loss import LossConfig, median_frequency_weights
+from .schedule import poly_lr, set_lr
+from .state import load_state as load_run_state
+from .state import last_checkpoint, save_run_state
+from .step import train_step
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -59,9 +59,9 @@ class TrainForward(nn.Module):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m model.training.train", description=__doc__.splitlines()[0])
     ap.add_argument("config", help="config name (see `python -m model list`)")
-    ap.add_argument("--data", required=True, help="dataset root (layout detected, see model.data.LAYOUTS)")
+    ap.add_argument("--data", required=True, help="dataset root (layout detected, see model.training.data.LAYOUTS)")
     ap.add_argument("--layout", default=None)
     ap.add_argument("--train-split", default="train")
     ap.add_argument("--val-data", default=None, help="validation root (default: --data); 'none' to skip")
@@ -257,7 +257,7 @@ def _provenance(cfg, args, argv, info, done, wall, scores) -> dict:
     """What the model card and `net.meta` report about how these weights were made."""
     return {
         "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "command": "python -m model.train " + shlex.join(argv),
+        "command": "python -m model.training.train " + shlex.join(argv),
         "world_size": info.world,
         "iterations": done,
         "wall_time_s": round(wall, 1),

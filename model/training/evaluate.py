@@ -1,8 +1,8 @@
-"""`python -m model.evaluate CONFIG_OR_CHECKPOINT --data DIR --split val [--tta]`: mmseg's metrics.
+"""`python -m model.training.evaluate CONFIG_OR_CHECKPOINT --data DIR --split val [--tta]`: mmseg's metrics.
 
 Predictions come from `Segmenter` (the config's whole or slide inference, optional multi-scale +
 flip), at each image's original size, against labels read as mmseg reads them
-(`reduce_zero_label` included); areas are summed over the split (`model.metrics`).
+(`reduce_zero_label` included); areas are summed over the split (`model.training.metrics`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .checkpoint import load_model
+from ..checkpoint import load_model
 from .data import SegDataset, open_dataset, read_label
-from .inference import Segmenter
+from ..pipeline.inference import Segmenter
 from .metrics import IoUAccumulator, SegMetrics
-from .preprocess import load_image
+from ..pipeline.decode import load_image
 
 
 def dataset_for(root: str | Path, split: str, layout: str | None, reduce_zero_label: bool) -> SegDataset:
@@ -41,9 +41,9 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, batch: int = 4, progress
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m model.training.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", default=None, help="checkpoint file or zoo config name; default: the built-in model")
-    ap.add_argument("--data", required=True, help="dataset root (any layout of model.data.LAYOUTS)")
+    ap.add_argument("--data", required=True, help="dataset root (any layout of model.training.data.LAYOUTS)")
     ap.add_argument("--split", default="val")
     ap.add_argument("--layout", default=None, help="dataset layout; detected from the folder by default")
     ap.add_argument("--config", default=None, help="config name, for checkpoints that do not record one")

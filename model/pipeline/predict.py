@@ -1,4 +1,4 @@
-"""`python -m model.predict IMAGE... --out DIR`: label maps as palette PNGs, optional overlays.
+"""`python -m model.pipeline.predict IMAGE... --out DIR`: label maps as palette PNGs, optional overlays.
 
 Each `DIR/<stem>.png` shows in colour and reads back (`np.array(Image.open(...))`) as class
 indices; `--overlay` adds `DIR/<stem>_overlay.jpg`.
@@ -11,17 +11,16 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-from .checkpoint import load_model
-from .inference import Segmenter
-from .preprocess import load_image
-from .visualize import overlay, palette_image
+from ..checkpoint import load_model
+from .decode import load_image
+from .inference import PRECISIONS, Segmenter
+from .render import encode_label_png, encode_overlay_jpeg
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m model.predict", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m model.pipeline.predict", description=__doc__)
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--model", default=None, help="config name or checkpoint path (default: built-in CamVid model)")
     p.add_argument("--config", default=None, help="config name, when the checkpoint's cannot be inferred")
@@ -29,7 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--overlay", action="store_true", help="also write a colour overlay JPEG")
     p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--precision", default="fp32", choices=[p.value for p in PRECISIONS])
     return p.parse_args(argv)
 
 
@@ -46,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in tqdm(args.images, desc="segmenting", unit="img"):
         image = load_image(path)
         labels = segmenter.predict([image])[0]
-        palette_image(labels, palette).save(args.out / f"{path.stem}.png")
+        (args.out / f"{path.stem}.png").write_bytes(encode_label_png(labels, palette))
         if args.overlay:
-            Image.fromarray(overlay(image, labels, palette)).save(args.out / f"{path.stem}_overlay.jpg", quality=90)
+            (args.out / f"{path.stem}_overlay.jpg").write_bytes(encode_overlay_jpeg(image, labels, palette, quality=90))
     return 0
 
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from model import DEFAULT_MODEL, get_config, list_configs
-from model.preprocess import rescale_size
-from service.buckets import InputPolicy
-from service.errors import BadDimensions
+from model.pipeline.resize import rescale_size
+from model.pipeline.buckets import InputPolicy
+from model.pipeline.restore import restore_labels
+from model.pipeline.errors import BadDimensions
 
 CAMVID = InputPolicy.for_config(get_config(DEFAULT_MODEL))
 
@@ -44,7 +45,7 @@ def test_padding_is_the_mean_colour_and_restore_returns_the_original_size():
     labels = np.zeros((192, 480), np.uint8)
     labels[160:] = 9  # padding region must not leak back
     labels[:, 240:] = 3
-    out = InputPolicy.restore(labels, p)
+    out = restore_labels(labels, p)
     assert out.shape == (100, 300)
     assert set(np.unique(out)) == {0, 3} and (out[:, :150] == 0).all() and (out[:, 150:] == 3).all()
 

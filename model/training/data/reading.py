@@ -1,4 +1,4 @@
-"""Decode a label map as mmseg's LoadAnnotations does (images use `model.preprocess.load_image`).
+"""Decode a label map as mmseg's LoadAnnotations does (images use `model.pipeline.decode.load_image`).
 
 Labels go through Pillow with no conversion, so palette PNGs (VOC, CamVid exports) yield their
 indices rather than colours; `reduce_zero_label` maps 0 -> 255 and shifts the rest down by one.

@@ -1,6 +1,6 @@
 """Export a DeepLabV3+ model to ONNX for ONNX Runtime and TensorRT, then check the result.
 
-    python -m export.onnx [--model NAME|PATH] --out model.onnx [--batch dynamic|N]
+    python -m export.onnx_export [--model NAME|PATH] --out model.onnx [--batch dynamic|N]
                           [--shape HxW | --dynamic-shape] [--opset N] [--with-argmax]
 
 Exporter: the dynamo-based `torch.onnx.export(..., dynamo=True)`. For this network it gives the
@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from .check import ExportCheckError, check_export, sample_batch
-from .metadata import INPUT_NAME, LABELS, LOGITS, ExportMetadata, attach
-from .profile import hw_arg
+from .engines.metadata import INPUT_NAME, LABELS, LOGITS, ExportMetadata, attach
+from .engines.profile import hw_arg
 
 MIN_OPSET = 18  # the dynamo exporter's oldest implementations; lower requests are silently raised
 DEFAULT_OPSET = 18
@@ -132,7 +132,7 @@ def _opset_arg(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m export.onnx_export", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="config name or checkpoint path (default: the built-in default model)")
     p.add_argument("--out", required=True, type=Path, help="output .onnx file")
     p.add_argument("--batch", type=_batch_arg, default=None, help="'dynamic' (default) or a fixed batch size")

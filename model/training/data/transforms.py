@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..configs import ModelConfig
-from ..preprocess import rescale_size
+from ...configs import ModelConfig
+from ...pipeline.resize import rescale_size
 from .photometric import PhotometricParams, photometric_distortion, sample_photometric
 
 CROP_TRIES = 10  # mmseg re-draws the crop up to 10 times, then keeps the 11th unchecked

@@ -95,7 +95,7 @@ class ExportMetadata:
     @classmethod
     def from_props(cls, props: dict[str, str]) -> ExportMetadata:
         if "format" not in props:
-            raise MetadataError("no deeplab-serve metadata in this ONNX file (was it exported by export.onnx?)")
+            raise MetadataError("no deeplab-serve metadata in this ONNX file (was it exported by export.onnx_export?)")
         strings = {"format", "config", "output", "input_layout"}
         return cls.from_json({k: v if k in strings else json.loads(v) for k, v in props.items() if k in _FIELDS})
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .heads import resize
+from ..heads import resize
+from ..pipeline.normalize import normalize_pixels_reference
 
 try:
     import triton
@@ -417,14 +418,6 @@ def max_pool3x3s2(x: torch.Tensor) -> torch.Tensor:
         x, out, c, h, w, h_out, w_out, x.stride(0), x.stride(2), x.stride(3), BLOCK_P=block_p, BLOCK_C=block_c,
     )  # fmt: skip
     return out
-
-
-def normalize_pixels_reference(
-    pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype, channels: int
-) -> torch.Tensor:
-    x = (pixels.permute(0, 3, 1, 2).float() - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-    x = F.pad(x, (0, 0, 0, 0, 0, channels - x.shape[1]))
-    return x.to(dtype).contiguous(memory_format=torch.channels_last)
 
 
 if triton is not None:
