@@ -13,19 +13,21 @@ JSON to bench/results/.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from export.onnx_export import export_onnx, sample_hw
+from export.engines.dependencies import MissingDependency, require
 from export.engines.ort_session import create_session
+from export.onnx_export import export_onnx, sample_hw
 from model import load_model
+from model.cli import argument_parser
 
 
 def _sync(device: torch.device) -> None:
@@ -49,16 +51,20 @@ def _img_s(fn, batch: int, iters: int, warmup: int, repeats: int, device: torch.
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argument_parser("bench/export_bench.py", __doc__.split("\n\n")[0])
     ap.add_argument("--model", help="config name or checkpoint (default: the built-in default model)")
     ap.add_argument("--onnx", type=Path, help="reuse this exported logits graph instead of exporting one")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4], help="batch sizes to time")
     ap.add_argument("--iters", type=int, default=5, help="forward passes per timed round")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds; the best is reported")
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed forward passes first")
     ap.add_argument("--json", type=Path, help="default: bench/results/export_bench_<cpu|gpu>.json")
     args = ap.parse_args()
+    try:
+        require("the export benchmark", "onnx", "onnxscript", "onnxruntime")
+    except MissingDependency as exc:
+        sys.exit(f"error: {exc}")
 
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"

@@ -51,10 +51,17 @@ def bench_ms(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
 
 
-def row(table: list, kind: str, shape: str, variant: str, ms: float, nbytes: int, err: float) -> None:
-    table.append({"kernel": kind, "shape": shape, "variant": variant, "ms": round(ms, 4),
-                  "gb_per_s": round(nbytes / ms / 1e6, 1), "max_abs_err": err})  # fmt: skip
-    print(f"{kind:<10} {shape:<28} {variant:<34} {ms:8.3f} ms {nbytes / ms / 1e6:8.1f} GB/s  err {err:.3g}", flush=True)
+def row(table: list, kind: str, shape: str, variant: str, ms: float, nbytes: int, err: float, flop: int = 0) -> None:
+    """Memory-bound rows carry `gb_per_s`; rows given ``flop`` carry `tflop_per_s` instead (the
+    committed kernel_variants_*_h100.json files predate this and store the conv rows' TFLOP/s under
+    `gb_per_s`)."""
+    rate = {"tflop_per_s": round(flop / ms / 1e9, 1)} if flop else {"gb_per_s": round(nbytes / ms / 1e6, 1)}
+    table.append({"kernel": kind, "shape": shape, "variant": variant, "ms": round(ms, 4), **rate, "max_abs_err": err})
+    print(f"{kind:<10} {shape:<28} {variant:<34} {ms:8.3f} ms {rate_text(table[-1]):>14}  err {err:.3g}", flush=True)
+
+
+def rate_text(r: dict) -> str:
+    return f"{r['tflop_per_s']} TFLOP/s" if "tflop_per_s" in r else f"{r['gb_per_s']} GB/s"
 
 
 def depthwise(batch: int, table: list) -> None:
@@ -159,7 +166,7 @@ def fp8_convs(batch: int, table: list) -> None:
         def report(variant, fn, check=True):
             ms = bench_ms(fn)
             err = ((fn().float() - ref).abs().max() / ref.abs().max()).item() if check else float("nan")
-            row(table, "conv3x3", shape, f"{variant} {flop / ms / 1e9:.0f} TFLOP/s", ms, flop // 1000, err)
+            row(table, "conv3x3", shape, variant, ms, 0, err, flop=flop)
 
         report("cudnn fp16", lambda: torch.cudnn_convolution_relu(x, weight, bias, (1, 1), (d, d), (d, d), 1))
         amax = fp8.image_amax(maps)
@@ -205,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
             best[key] = r
     print("\nbest per shape:")
     for (kind, shape), r in best.items():
-        print(f"  {kind:<10} {shape:<28} {r['variant']:<34} {r['ms']:.3f} ms  {r['gb_per_s']} GB/s")
+        print(f"  {kind:<10} {shape:<28} {r['variant']:<34} {r['ms']:.3f} ms  {rate_text(r)}")
     out = args.out or Path(__file__).parent / "results" / f"kernel_variants_{gpu.replace(' ', '_')}.json"
     meta = {"gpu": gpu, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
             "command": "python -m bench.kernel_variants " + " ".join(sys.argv[1:])}  # fmt: skip

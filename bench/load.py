@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> dict:
         same_run = f"{r['throughput_rps'] / inf:.2f}" if inf else "-"
         server = r["server_latency_ms"]
         print(f"| {load} | {r['throughput_rps']:.2f} | {lat['p50']} | {lat['p90']} | {lat['p99']} | {server['p50']} / {server['p99']} | {r['server_mean_queue_wait_ms']} / {r['server_queue_wait_p99_ms']} | {r['mean_batch_size']} | {r['errors'] or '-'} | {inf} | {same_run} | {frac_text} |")
+    if any((r.get("vs_model_only") or {}).get("fraction", 0) > 1 for r in rows):
+        print(f"note: end to end above --model-bench's figure: that run saw other conditions (load average "
+              f"{model_bench['load_avg_1m']} there, {result['load_avg_1m']} here); compare with the same-run inference-only column")
     name = slug(hw if served["device"].startswith("cuda") else "cpu")
     out = args.out or RESULTS / f"load_{name}_{served['backend']}_{served['precision']}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,17 +1,21 @@
 """Build a TensorRT FP16 engine (plus its JSON sidecar) from a checkpoint, config name or ONNX file.
 
-    python export/build_engine.py --model CHECKPOINT|ONNX|NAME --out model.engine [--fp16 | --fp32]
+    python -m export.build_engine --model CHECKPOINT|ONNX|NAME --out model.engine [--fp16 | --fp32]
         [--min-batch 1 --opt-batch 8 --max-batch 16]
         [--shape HxW | --min-shape HxW --opt-shape HxW --max-shape HxW]
         [--workspace-gb G] [--timing-cache FILE] [--opt-level 0-5] [--verify IMAGES...]
 
 A checkpoint or name is first exported to ONNX with the argmax folded in (`model.onnx` beside the
-engine), so the engine returns int32 labels. Without a shape option the profile covers every shape the server
-batches in for this config (its landscape and portrait buckets, down to the smallest padding step). Where
-`tensorrt` cannot be imported, the sidecar is still written and the equivalent `trtexec` command
-is printed, so the engine can be built on a machine that only has TensorRT's command-line tools.
-`--verify` runs the engine and ONNX Runtime on the given images (resized to the profile's opt
-size) and fails below 99.5% pixel agreement.
+engine), so the engine returns int32 labels. Without a shape option the profile covers every bucket
+the server pads images into for this config (`model.pipeline.buckets.InputPolicy`). Where
+`tensorrt` is not installed, the sidecar is still written and the equivalent `trtexec` command
+is printed (exit 0: a documented fallback, but no engine file), so the engine can be built on a
+machine that only has TensorRT's command-line tools. `--verify` runs the engine and ONNX Runtime
+on the given images (resized to the profile's opt size) and fails below 99.5% pixel agreement.
+
+Only the ONNX side and the `trtexec` fallback have ever run here: the TensorRT build, `--verify`
+and the engine runner are written to the TensorRT 10 Python API but have never been executed by
+this project (no TensorRT wheel is reachable from its machines or CI).
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ import numpy as np
 import torch
 
 from export.check import check_export, pixel_agreement, sample_batch
+from export.engines.dependencies import MissingDependency, require
 from export.engines.metadata import LABELS, ExportMetadata, read_onnx, write_sidecar
-from export.onnx_export import export_onnx
 from export.engines.ort_session import create_session, labels_of
 from export.engines.profile import ShapeProfile, hw_arg
+from export.engines.tensorrt_import import TensorRTMissing, UnsupportedTensorRT, import_tensorrt
+from export.engines.tensorrt_runtime import EngineRunner
+from export.onnx_export import export_onnx
 from export.tensorrt_build import (
     EngineBuildError,
     build_serialized,
@@ -38,15 +45,15 @@ from export.tensorrt_build import (
     onnx_input,
     trtexec_command,
 )
-from export.engines.tensorrt_import import TensorRTUnavailable, import_tensorrt
-from export.engines.tensorrt_runtime import EngineRunner
 from model import CheckpointError, load_model
+from model.cli import argument_parser
+from model.pipeline.buckets import InputPolicy
 from model.pipeline.decode import load_image
 from model.pipeline.normalize import normalize
 from model.pipeline.resize import resize_image
 
 MIN_TRT_AGREEMENT = 0.995
-EXIT_NO_TENSORRT = 3
+DEFAULT_BATCHES = (1, 8, 16)
 
 
 def _positive(kind):
@@ -63,20 +70,31 @@ def _positive(kind):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python export/build_engine.py", description=__doc__.split("\n\n")[0])
+    p = argument_parser("python -m export.build_engine", __doc__.split("\n\n")[0])
     p.add_argument("--model", help="checkpoint (.pth/.safetensors), .onnx file or config name (default: built-in)")
     p.add_argument("--out", required=True, type=Path, help="engine file, .engine or .plan")
     precision = p.add_mutually_exclusive_group()
-    precision.add_argument("--fp16", dest="fp16", action="store_true", default=True, help="FP16 kernels (default)")
-    precision.add_argument("--fp32", dest="fp16", action="store_false", help="FP32/TF32 kernels only")
-    for name, default in (("min", 1), ("opt", 8), ("max", 16)):
-        p.add_argument(f"--{name}-batch", type=_positive(int), help=f"profile {name} batch size (default {default})")
+    precision.add_argument("--fp16", dest="fp16", action="store_true", default=True, help="FP16 kernels")
+    precision.add_argument(
+        "--fp32", dest="fp16", action="store_false", default=argparse.SUPPRESS, help="FP32/TF32 kernels only"
+    )
+    for name, default in zip(("min", "opt", "max"), DEFAULT_BATCHES):
+        p.add_argument(
+            f"--{name}-batch",
+            type=_positive(int),
+            help=f"profile {name} batch size (default: the ONNX graph's fixed batch, else {default})",
+        )
     p.add_argument("--shape", type=hw_arg, help="fixed input size HEIGHTxWIDTH")
-    for name in ("min", "opt", "max"):
-        p.add_argument(f"--{name}-shape", type=hw_arg, help=f"profile {name} input size HxW")
-    p.add_argument("--workspace-gb", type=_positive(float), default=4.0, help="builder workspace limit (default 4)")
+    shape_defaults = {
+        "min": "the smallest of the server's buckets",
+        "opt": "the config's landscape test size",
+        "max": "the largest of the server's buckets",
+    }
+    for name, default in shape_defaults.items():
+        p.add_argument(f"--{name}-shape", type=hw_arg, help=f"profile {name} input size HxW (default: {default})")
+    p.add_argument("--workspace-gb", type=_positive(float), default=4.0, help="builder workspace limit in GB")
     p.add_argument("--timing-cache", type=Path, help="timing cache file, read if present and updated")
-    p.add_argument("--opt-level", type=int, choices=range(6), default=3, help="builder optimization level (default 3)")
+    p.add_argument("--opt-level", type=int, choices=range(6), default=3, help="builder optimization level")
     p.add_argument("--verify", nargs="+", type=Path, metavar="IMAGE", help="images to compare against ONNX Runtime")
     return p
 
@@ -99,25 +117,20 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def resolve_profile(args: argparse.Namespace, config, dims: list[int | None]) -> ShapeProfile:
-    """CLI values, else the graph's static dims, else defaults: batch 1/8/16 and every size the
-    server can batch for this config. It pads resized images up to multiples of 1/8 of the test
-    scale's long side, never past the landscape or portrait box, so its buckets run from that
-    step up to long x long; opt is the full landscape bucket, where most images land."""
+    """CLI values, else the graph's static dims, else defaults: batch 1/8/16 and the range of the
+    server's input buckets for this config (`ShapeProfile.covering`)."""
     batches = [args.min_batch, args.opt_batch, args.max_batch]
     if dims[0] is not None:
         batches = [b or dims[0] for b in batches]
-    batches = [b or d for b, d in zip(batches, (1, 8, 16))]
+    batches = [b or d for b, d in zip(batches, DEFAULT_BATCHES)]
     if args.shape:
-        hws = [args.shape] * 3
+        profile = ShapeProfile(*batches, *[args.shape] * 3)
     elif args.min_shape:
-        hws = [args.min_shape, args.opt_shape, args.max_shape]
+        profile = ShapeProfile(*batches, args.min_shape, args.opt_shape, args.max_shape)
     elif dims[2] is not None and dims[3] is not None:
-        hws = [(dims[2], dims[3])] * 3
+        profile = ShapeProfile(*batches, *[(dims[2], dims[3])] * 3)
     else:
-        short, long_ = min(config.test_scale), max(config.test_scale)
-        step = max(8, long_ // 64 * 8)  # <= the server's bucket step, 8 * ceil(long / 64)
-        hws = [(step, step), (short, long_), (long_, long_)]
-    profile = ShapeProfile(*batches, *hws)
+        profile = ShapeProfile.covering(InputPolicy.for_config(config), *batches)
     check_profile_fits(profile, dims)
     return profile
 
@@ -148,9 +161,26 @@ def verify(engine_path: Path, onnx_path: Path, images: list[Path], profile: Shap
     return pixel_agreement(reference, engine)
 
 
+def _needed_packages(args: argparse.Namespace) -> list[str]:
+    """`onnx` to read the graph; the exporter's and ONNX Runtime's packages to export and check
+    one from a checkpoint; ONNX Runtime again as `--verify`'s reference."""
+    if not (args.model and args.model.endswith(".onnx")):
+        return ["onnx", "onnxscript", "onnxruntime"]
+    return ["onnx", "onnxruntime"] if args.verify else ["onnx"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     validate(args)
+    try:
+        require("building a TensorRT engine", *_needed_packages(args))
+        import_tensorrt()
+        have_tensorrt = True
+    except TensorRTMissing:
+        have_tensorrt = False
+    except (MissingDependency, UnsupportedTensorRT) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         onnx_path, meta = prepare_onnx(args)
         input_name, dims = onnx_input(onnx_path)
@@ -172,14 +202,18 @@ def main(argv: list[str] | None = None) -> int:
         "onnx": onnx_path.name,
         "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
     }
-    try:
-        import_tensorrt()
-    except TensorRTUnavailable as exc:
+    if not have_tensorrt:
         sidecar = write_sidecar(args.out, meta, **facts, tensorrt_version=None, built_with="trtexec")
-        print(f"error: {exc}.\nBuild the same engine with TensorRT's command-line tool instead:\n", file=sys.stderr)
-        print(trtexec_command(onnx_path, args.out, profile, input_name, **build))
-        print(f"\n(the server reads {sidecar}, already written, next to the engine)", file=sys.stderr)
-        return EXIT_NO_TENSORRT
+        sys.stdout.flush()  # keep the notice between the check's lines and the command
+        print(
+            f"{args.out} was NOT built: the `tensorrt` Python package is not installed. Build it with "
+            f"TensorRT 10's trtexec (command below); the server reads {sidecar}, already written, next to it.",
+            file=sys.stderr,
+        )
+        print(trtexec_command(onnx_path, args.out, profile, input_name, **build), flush=True)
+        if args.verify:
+            print("--verify skipped: it runs the engine, which needs `tensorrt`", file=sys.stderr)
+        return 0
     start = time.perf_counter()
     try:
         engine, version = build_serialized(onnx_path, profile, **build)

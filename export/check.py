@@ -3,7 +3,8 @@
 `onnx.checker` catches malformed graphs; running ONNX Runtime next to PyTorch on the same inputs
 catches wrong ones (a mis-traced resize, a dynamic axis frozen to the sample size). Graphs that end
 in argmax have no logits output, so the check exposes the ArgMax input as an extra output of an
-in-memory copy: the file itself is not changed.
+in-memory copy: the file itself is not changed. `onnx` is imported on use, so the export CLIs can
+report it missing in one line (`export.engines.dependencies`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 from model.pipeline.normalize import normalize
@@ -57,6 +57,8 @@ def sample_batch(config, batch: int, hw: tuple[int, int], seed: int = 0) -> torc
 
 def _session_with_logits(path: Path):
     """A session on a copy of the graph whose outputs also include the logits feeding ArgMax."""
+    import onnx
+
     proto = onnx.load(str(path))
     argmax = [n for n in proto.graph.node if n.op_type == "ArgMax"]
     if len(argmax) != 1:
@@ -92,6 +94,8 @@ def check_export(
     net: torch.nn.Module, onnx_path: str | Path, inputs: list[torch.Tensor], min_agreement: float = MIN_AGREEMENT
 ) -> list[Agreement]:
     """`onnx.checker`, then `compare`; raises `ExportCheckError` below `min_agreement` anywhere."""
+    import onnx
+
     try:
         onnx.checker.check_model(str(onnx_path), full_check=True)
     except onnx.checker.ValidationError as exc:

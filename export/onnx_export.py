@@ -26,11 +26,13 @@ import time
 import warnings
 from pathlib import Path
 
-import onnx
 import torch
 from torch import nn
 
+from model.cli import argument_parser
+
 from .check import ExportCheckError, check_export, sample_batch
+from .engines.dependencies import MissingDependency, require
 from .engines.metadata import INPUT_NAME, LABELS, LOGITS, ExportMetadata, attach
 from .engines.profile import hw_arg
 
@@ -79,6 +81,8 @@ def export_onnx(
     """Write `net` to `out` (moving it to CPU fp32 eval in place: the exporter traces on CPU).
     `batch`/`shape` None make those axes dynamic; `trace_hw` is the example size used for tracing
     a dynamic-size graph (default: `sample_hw`)."""
+    import onnx
+
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} < {MIN_OPSET}: the dynamo exporter emits opset {MIN_OPSET} and newer only")
     net = net.to("cpu").float().eval()
@@ -123,26 +127,28 @@ def _batch_arg(text: str) -> int | None:
 
 
 def _opset_arg(text: str) -> int:
-    newest = onnx.defs.onnx_opset_version()
-    if not text.isdigit() or not MIN_OPSET <= int(text) <= newest:
+    """The lower bound only: the upper one is the installed `onnx`'s, checked once it is imported."""
+    if not text.isdigit() or int(text) < MIN_OPSET:
         raise argparse.ArgumentTypeError(
-            f"opset must be an integer in {MIN_OPSET}..{newest} (the dynamo exporter starts at {MIN_OPSET}), got {text!r}"
+            f"opset must be an integer >= {MIN_OPSET} (the dynamo exporter starts there), got {text!r}"
         )
     return int(text)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export.onnx_export", description=__doc__.split("\n\n")[0])
+    p = argument_parser("python -m export.onnx_export", __doc__.split("\n\n")[0])
     p.add_argument("--model", help="config name or checkpoint path (default: the built-in default model)")
     p.add_argument("--out", required=True, type=Path, help="output .onnx file")
-    p.add_argument("--batch", type=_batch_arg, default=None, help="'dynamic' (default) or a fixed batch size")
+    p.add_argument("--batch", type=_batch_arg, default="dynamic", help="'dynamic' or a fixed batch size")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--shape", type=hw_arg, help="fixed input size HEIGHTxWIDTH, e.g. 360x480")
     size.add_argument("--dynamic-shape", action="store_true", help="dynamic height and width (the default)")
-    p.add_argument("--opset", type=_opset_arg, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--opset", type=_opset_arg, default=DEFAULT_OPSET, help="ONNX opset")
     p.add_argument("--with-argmax", action="store_true", help="end in int32 labels instead of float logits")
     p.add_argument(
-        "--sample-shape", type=hw_arg, help="HxW for tracing and the self-check of a dynamic-size export"
+        "--sample-shape",
+        type=hw_arg,
+        help="HxW for tracing and the self-check of a dynamic-size export (default: the config's test size)",
     )
     return p
 
@@ -153,6 +159,16 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(f"--out must end in .onnx (the server picks its backend by extension), got {args.out}")
     if args.shape and args.sample_shape:
         parser().error("--sample-shape only applies to dynamic-size exports; --shape already fixes the size")
+    try:
+        require("ONNX export", "onnx", "onnxscript", "onnxruntime")
+    except MissingDependency as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if args.opset > newest:
+        parser().error(f"--opset {args.opset} is newer than the installed onnx supports ({newest})")
     from model import CheckpointError, load_model
 
     try:

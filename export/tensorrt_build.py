@@ -4,7 +4,9 @@ Everything that touches `tensorrt` is in `build_serialized`; the rest (the ONNX 
 dims, the equivalent `trtexec` command for machines without the Python bindings) runs anywhere,
 so it is what the CPU test suite covers. Written against the documented TensorRT 10 API: named
 tensors, `create_network(0)` (explicit batch is the only mode in 10.x), memory pools, one
-optimization profile, builder optimization level and a persistent timing cache.
+optimization profile, builder optimization level and a persistent timing cache. `build_serialized`
+has never been executed (no TensorRT wheel is reachable from this project's machines or CI);
+TensorRT 11 is refused (`export.engines.tensorrt_import`): it removed `BuilderFlag.FP16`.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def trtexec_command(
     timing_cache: str | Path | None,
     opt_level: int,
 ) -> str:
-    """The `trtexec` line that builds the same engine as `build_serialized`."""
+    """The TensorRT 10 `trtexec` line that builds the same engine as `build_serialized` (11's
+    trtexec dropped `--fp16` with weak typing)."""
     args = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
     for flag, shape in zip(("min", "opt", "max"), profile.shapes()):
         args.append(f"--{flag}Shapes={input_name}:{'x'.join(map(str, shape))}")

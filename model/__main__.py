@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-
+from .cli import argument_parser
 from .configs import list_configs
 
 
@@ -26,8 +25,8 @@ def print_table() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m model", description=__doc__)
-    parser.add_argument("command", choices=["list"], help="list the configurations")
+    parser = argument_parser("python -m model", __doc__)
+    parser.add_argument("command", nargs="?", default="list", choices=["list"], help="list: print every configuration")
     parser.parse_args(argv)
     print_table()
 

@@ -8,22 +8,19 @@ with JSON-able meta (classes, palette, normalisation, training provenance), read
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
-import warnings
 from pathlib import Path
 
 import torch
 
 from .configs import DEFAULT_MODEL, ModelConfig, get_config, list_configs
+from .download import fetch_checkpoint
 from .network import DeepLabV3Plus, build_model
 from .safe_load import CheckpointError, read_checkpoint
-from .download import fetch_checkpoint
 
 FORMAT = "deeplab-serve/1"
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / f"{DEFAULT_MODEL}.pth"
 _STAMP = re.compile(r"(_\d{8}_\d{6})?(-[0-9a-f]{8,64})?(_fp16)?$")
-log = logging.getLogger(__name__)
 
 
 def save_checkpoint(net: DeepLabV3Plus, path: str | Path, meta: dict | None = None, half: bool = False) -> Path:
@@ -44,7 +41,7 @@ def save_checkpoint(net: DeepLabV3Plus, path: str | Path, meta: dict | None = No
     return path
 
 
-def config_for_checkpoint(path: Path, meta: dict) -> ModelConfig:
+def config_for_checkpoint(path: Path) -> ModelConfig:
     """Infer the config: our `config` field, else the zoo row whose published file this is."""
     stem = _STAMP.sub("", path.stem)
     for cfg in list_configs():
@@ -102,17 +99,14 @@ def load_state(net: DeepLabV3Plus, state: dict, source: str) -> None:
     net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
-def _random_default() -> DeepLabV3Plus:
-    warnings.warn(
-        f"built-in weights {DEFAULT_WEIGHTS} not found: using RANDOM weights for {DEFAULT_MODEL}; "
-        "its segmentations are meaningless",
-        stacklevel=3,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)  # the same placeholder in every process, so outputs are comparable
-        net = build_model(get_config(DEFAULT_MODEL), with_auxiliary=False)
-    net.meta = {"placeholder": "random weights"}
-    return net
+def _built_in_weights() -> Path:
+    """The shipped weights, or a loud error: a silent random stand-in would serve garbage labels."""
+    if not DEFAULT_WEIGHTS.is_file():
+        raise CheckpointError(
+            f"the built-in weights {DEFAULT_WEIGHTS} are missing: restore them (`git checkout -- model/weights` in a "
+            "checkout, or reinstall deeplab-serve) or pass a checkpoint file or zoo config name"
+        )
+    return DEFAULT_WEIGHTS
 
 
 def load_model(
@@ -121,9 +115,7 @@ def load_model(
     """An eval-mode model from a checkpoint file, a zoo config name, or None (or the built-in
     model's name) for the built-in one."""
     if path_or_name is None or str(path_or_name) == DEFAULT_MODEL:
-        if not DEFAULT_WEIGHTS.exists():
-            return _random_default().to(device).eval()
-        path_or_name = DEFAULT_WEIGHTS
+        path_or_name = _built_in_weights()
     path = Path(path_or_name)
     if not path.exists():
         try:
@@ -134,7 +126,7 @@ def load_model(
     state, meta, name = _split(read_checkpoint(path), path)
     if isinstance(config, str):
         config = get_config(config)
-    cfg = config or (get_config(name) if name else config_for_checkpoint(path, meta))
+    cfg = config or (get_config(name) if name else config_for_checkpoint(path))
     cfg = _with_meta_classes(cfg, meta)
     has_aux = any(k.startswith("auxiliary_head.") for k in state)
     net = build_model(cfg, with_auxiliary=has_aux)

@@ -9,18 +9,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-from service.settings import Settings
+from service.settings import Settings, choices_of, default_text
+from service.version import package_version
 
 
-def parse_args(argv: list[str] | None = None) -> Settings:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deeplab-serve", description="DeepLabV3+ segmentation service")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     for name, field in Settings.model_fields.items():
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
             default=argparse.SUPPRESS,
-            help=f"{field.description or name} (env DEEPLAB_{name.upper()})",
+            choices=choices_of(name),
+            help=f"{field.description}; default: {default_text(name)} (env DEEPLAB_{name.upper()})",
         )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    parser = build_parser()
     given = vars(parser.parse_args(argv))
     try:
         return Settings(**given)
@@ -30,7 +38,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
-    from service.server import serve  # after parsing: --help stays fast
+    from service.server import (
+        serve,  # after parsing: --help and --version skip the web stack
+    )
 
     serve(settings)
 

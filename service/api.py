@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from model.pipeline import render
-from service.errors import BadRequest, NotReady, UnsupportedMediaType, UploadTooLarge
+from service.errors import BadRequest, UnsupportedMediaType, UploadTooLarge
 from service.runtime import Runtime, Segmentation
 
 router = APIRouter()
@@ -169,18 +169,12 @@ async def segment(
 ) -> Response:
     runtime = runtime_of(request)
     started = time.perf_counter()
-    if not runtime.lifecycle.ready:
-        raise NotReady(f"service is {runtime.lifecycle.state}")
-    runtime.batcher.check_capacity()  # shed load before reading and decoding the upload
-    runtime.lifecycle.active += 1
-    try:
+    async with runtime.admit():  # 503 / 429 before the upload is read
         data = await read_image(request, runtime.settings.max_upload_bytes)
         result = await _segment_unless_disconnected(request, runtime, data)
         if result is None:
             return Response(status_code=499)
         return await _render(runtime, result, format, mask, started)
-    finally:
-        runtime.lifecycle.active -= 1
 
 
 def _json_body(cfg, result: Segmentation, mask: str, started: float) -> dict:
@@ -225,12 +219,9 @@ async def _render(runtime: Runtime, result: Segmentation, fmt: str, mask: str, s
     return response
 
 
-@router.get("/v1/models", summary="The served model, its input policy, backend and batching settings")
+@router.get("/v1/models", summary="The served model, its input policy, backend, the precision it runs and batching settings")
 async def models(request: Request) -> dict:
-    runtime = runtime_of(request)
-    if not runtime.lifecycle.loaded:
-        raise NotReady("model is still loading")
-    return runtime.describe()
+    return runtime_of(request).describe()
 
 
 @router.get("/healthz", summary="Liveness: the process is serving HTTP")
@@ -240,9 +231,7 @@ async def healthz() -> dict:
 
 @router.get("/readyz", summary="Readiness: model loaded and warmed up, not draining", responses={503: {"model": ErrorBody}})
 async def readyz(request: Request) -> dict:
-    lifecycle = runtime_of(request).lifecycle
-    if not lifecycle.ready:
-        raise NotReady(f"service is {lifecycle.state}")
+    runtime_of(request).require_ready()
     return {"status": "ready"}
 
 

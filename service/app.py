@@ -14,14 +14,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from model.pipeline.errors import ImageError
 from service import api
 from service.backends import Backend
-from model.pipeline.errors import ImageError
 from service.errors import InvalidParameter, ServiceError, from_image_error
 from service.metrics import ServiceMetrics
 from service.middleware import RequestMiddleware
 from service.runtime import Runtime
 from service.settings import Settings
+from service.version import package_version
 
 log = logging.getLogger("service")
 
@@ -61,13 +62,18 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await runtime.start()
+        try:
+            await runtime.start()
+        except Exception as exc:  # the server sees start_error and shuts down (service.server)
+            log.error("start-up failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+            log.debug("start-up failure", exc_info=exc)
+            runtime.start_error = exc
         yield
         await runtime.stop()
 
     app = FastAPI(
         title="DeepLabV3+ segmentation service",
-        version="0.1.0",
+        version=package_version(),
         description="POST an image to /segment; requests are batched dynamically onto the model.",
         lifespan=lifespan,
     )

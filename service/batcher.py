@@ -1,15 +1,12 @@
-"""Dynamic batching: requests queue up, batches go to one inference worker thread.
+"""Dynamic batching mechanism: requests queue up per key, batches go to inference worker threads.
 
-Semantics follow Triton's dynamic batcher / Ray Serve's ``@serve.batch``: a batch of one *key*
-(shape bucket) is dispatched as soon as it holds ``max_batch_size`` items, or when its oldest item
-has waited ``max_delay_s``. The queue holds at most ``capacity`` items (more -> ``QueueFull``); an
-item still queued ``timeout_s`` after it arrived is removed and its caller gets ``QueueTimeout``; a
+Which items form the next batch, and which are admitted, is the policy's decision
+(``service.batching_policy``; ``DynamicBatching`` by default); this module carries it out. An item
+still queued ``timeout_s`` after it arrived is removed and its caller gets ``QueueTimeout``; a
 caller that is cancelled (client gone) while queued is removed and never computed. Inference runs
 in dedicated threads so the event loop keeps serving: up to ``concurrency`` batches at once (a GPU
-backend stages one batch while the other runs). While a batch is computing, the next one is
-dispatched only once full; a partial batch waits for the running one to finish (collecting the
-items that arrive meanwhile) instead of queueing a small batch on a busy GPU. If a batch raises,
-its items are retried one by one so that one bad item fails only its own request.
+backend stages one batch while the other runs). If a batch raises, its items are retried one by
+one so that one bad item fails only its own request.
 
 Knows nothing about HTTP or torch: ``run_batch`` is any ``list -> list`` callable.
 """
@@ -24,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.errors import QueueFull, QueueTimeout
+from service.batching_policy import BatchPolicy, DynamicBatching, Wait
+from service.errors import QueueTimeout
 
 
 @dataclass(frozen=True)
@@ -57,11 +55,11 @@ class Batcher:
         timeout_s: float,
         on_batch: Callable[[int, float], None] | None = None,
         concurrency: int = 1,
+        policy: Callable[[int, float, int], BatchPolicy] = DynamicBatching,
     ):
+        """``policy`` is built from ``(max_batch_size, max_delay_s, capacity)``."""
         self._run_batch = run_batch
-        self.max_batch_size = max_batch_size
-        self.max_delay_s = max_delay_s
-        self.capacity = capacity
+        self.policy = policy(max_batch_size, max_delay_s, capacity)
         self.timeout_s = timeout_s
         self._on_batch = on_batch  # (batch_size, inference_seconds), called on the event loop
         self._queues: dict[Hashable, deque[_Entry]] = {}
@@ -91,8 +89,7 @@ class Batcher:
     def check_capacity(self) -> None:
         """Raise ``QueueFull`` if a new item would be refused: callers can shed load before
         doing any work for a request."""
-        if self._depth >= self.capacity:
-            raise QueueFull(f"queue is full ({self.capacity} images waiting); retry shortly")
+        self.policy.admit(self._depth)
 
     async def submit(self, key: Hashable, item: Any) -> Outcome:
         """Queue ``item`` in batch group ``key`` and wait for its result."""
@@ -124,21 +121,6 @@ class Batcher:
         entry.future.cancel()
         return True
 
-    def _next_key(self, now: float) -> tuple[Hashable | None, float | None]:
-        """The group to dispatch now (a full one first, else, with no batch computing, one whose
-        oldest item is due), or ``(None, seconds until the oldest item is due)``, or ``(None,
-        None)``: wait for an item or for a computing batch to finish."""
-        if self._computing >= self.concurrency:  # every inference thread is busy
-            return None, None
-        full = [q for q in self._queues.values() if len(q) >= self.max_batch_size]
-        if full:
-            return min(full, key=lambda q: q[0].enqueued)[0].key, 0.0
-        if self._computing:
-            return None, None
-        oldest = min((q for q in self._queues.values() if q), key=lambda q: q[0].enqueued)
-        due_in = oldest[0].enqueued + self.max_delay_s - now
-        return (oldest[0].key, 0.0) if due_in <= 0 else (None, due_in)
-
     async def _dispatch_forever(self) -> None:
         while True:
             batch = await self._next_batch()
@@ -148,22 +130,21 @@ class Batcher:
             task.add_done_callback(self._running.discard)
 
     async def _next_batch(self) -> list[_Entry]:
-        """Wait until an inference thread is free and some group is full or due, then take up to
-        ``max_batch_size`` of it."""
+        """Wait until an inference thread is free and the policy picks a batch, then take it."""
         while True:
             self._wakeup.clear()
-            if not self._depth:
-                await self._wakeup.wait()
+            if not self._depth or self._computing >= self.concurrency:
+                await self._wakeup.wait()  # an item arrives or a batch finishes
                 continue
-            key, due_in = self._next_key(time.perf_counter())
-            if key is None:
+            choice = self.policy.next_batch(self._queues, self._computing, time.perf_counter())
+            if isinstance(choice, Wait):
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), due_in)
+                    await asyncio.wait_for(self._wakeup.wait(), choice.seconds)
                 except TimeoutError:
                     pass
                 continue
-            queue = self._queues[key]
-            batch = [queue.popleft() for _ in range(min(self.max_batch_size, len(queue)))]
+            queue = self._queues[choice.key]
+            batch = [queue.popleft() for _ in range(min(choice.size, len(queue)))]
             for entry in batch:
                 entry.started = True
             self._depth -= len(batch)

@@ -1,4 +1,4 @@
-"""Readiness and graceful drain: the states a Kubernetes pod goes through.
+"""Readiness, in-flight counting and graceful drain: the states a Kubernetes pod goes through.
 
 ``loading`` -> ``ready`` once the model is loaded and warmed up -> ``draining`` on SIGTERM. While
 draining, /readyz answers 503 at once (the load balancer stops sending), new /segment requests get
@@ -9,7 +9,8 @@ one has finished (or the drain timeout passed) so it can exit 0.
 from __future__ import annotations
 
 import asyncio
-import time
+
+from service.errors import NotReady
 
 
 class Lifecycle:
@@ -17,6 +18,8 @@ class Lifecycle:
         self.loaded = False
         self.draining = False
         self.active = 0  # accepted /segment requests not yet answered
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def ready(self) -> bool:
@@ -26,9 +29,23 @@ class Lifecycle:
     def state(self) -> str:
         return "draining" if self.draining else "ready" if self.loaded else "loading"
 
-    async def wait_idle(self, timeout_s: float, poll_s: float = 0.02) -> bool:
+    def require_ready(self) -> None:
+        if not self.ready:
+            raise NotReady(f"service is {self.state}")
+
+    def enter(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.active -= 1
+        if not self.active:
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no accepted request is left; False if ``timeout_s`` ran out first."""
-        deadline = time.monotonic() + timeout_s
-        while self.active and time.monotonic() < deadline:
-            await asyncio.sleep(poll_s)
-        return not self.active
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True

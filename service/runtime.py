@@ -1,6 +1,7 @@
 """The segmentation pipeline behind /segment, independent of HTTP.
 
-Start-up loads the backend and warms it up in worker threads (so /healthz answers meanwhile), then
+The HTTP layer talks to it through ``admit`` (readiness, capacity, in-flight counting for the
+drain), ``segment``, ``encode`` and ``describe`` only. Start-up loads the backend and warms it up in worker threads (so /healthz answers meanwhile), then
 starts the batcher. Per request: decode + resize/pad in the decode pool (which also
 hands the pixels to the backend's `stage`, e.g. to start the GPU upload), wait for a batch on the
 inference thread, crop/resize the labels back in the decode pool. The event loop only routes.
@@ -9,8 +10,10 @@ inference thread, crop/resize the labels back in the decode pool. The event loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -21,6 +24,7 @@ from model.pipeline.decode import decode
 from model.pipeline.restore import restore_labels
 from service.backends import Backend, create_backend
 from service.batcher import Batcher, Outcome
+from service.errors import NotReady
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -41,25 +45,20 @@ class Runtime:
         self.metrics = metrics
         self.lifecycle = Lifecycle()
         self.backend = backend or create_backend(
-            settings.model, settings.backend, settings.device, settings.precision, settings.cuda_graphs
+            settings.model, settings.backend, settings.device, settings.precision, cuda_graphs=settings.cuda_graphs
         )
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="codec")
         self.config = None
         self.policy: InputPolicy | None = None
         self.batcher: Batcher | None = None
+        self.start_error: Exception | None = None  # set by the app when ``start`` failed
 
     def warm_up_shapes(self) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
-        """``(tuned, untuned)`` batch shapes to warm up. CUDA: the two main buckets at every batch
-        size, with per-shape kernel tuning (cuDNN benchmark, ~1 s each); every other bucket at
-        the largest batch size, untuned (~0.1 s each: rare shapes must not stretch start-up, and
-        cuDNN's heuristic choice is within a few per cent). Elsewhere one batch per main bucket
-        pays the one-time initialisation."""
-        main = self.policy.full_buckets()
-        if not str(self.backend.device).startswith("cuda"):
-            return [(1, h, w) for w, h in main], []
-        top = self.settings.max_batch_size
-        tuned = [(n, h, w) for w, h in main for n in range(1, top + 1)]
-        return tuned, [(top, h, w) for w, h in self.policy.all_buckets() if (w, h) not in main]
+        """``(tuned, untuned)`` batch shapes to warm up. On CUDA, kernels and graphs are specialised
+        per shape, so every batch size of the main buckets is warmed with cuDNN's per-shape tuning
+        (~1 s each) and the rare buckets without it (~0.1 s each, within a few per cent of tuned)."""
+        on_cuda = str(self.backend.device).startswith("cuda")
+        return self.policy.warm_up_shapes(self.settings.max_batch_size, per_batch_size=on_cuda)
 
     async def start(self) -> None:
         s = self.settings
@@ -82,11 +81,12 @@ class Runtime:
         )
         self.batcher.start()
         self.metrics.track_queue(lambda: self.batcher.depth)
-        self.metrics.describe_model(self.config, self.backend.name, str(self.backend.device), self.backend.precision)
+        self.metrics.describe_model(self.config, self.backend.name, str(self.backend.device), self.backend.precision.value)
         self.lifecycle.loaded = True
         self.metrics.ready.set(1)
         log.info("ready", extra={
             "config": self.config.name, "backend": self.backend.name, "device": str(self.backend.device),
+            "precision": self.backend.precision.value,
             "load_s": round(loaded - started, 2), "warm_up_s": round(time.perf_counter() - loaded, 2),
         })  # fmt: skip
 
@@ -95,9 +95,45 @@ class Runtime:
             await self.batcher.stop()
         self.pool.shutdown(wait=True)
 
+    @property
+    def state(self) -> str:
+        """``loading``, ``ready`` or ``draining``."""
+        return self.lifecycle.state
+
+    def require_ready(self) -> None:
+        """Raise ``NotReady`` unless loaded, warmed up and not draining."""
+        self.lifecycle.require_ready()
+
+    @contextlib.asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """One /segment request's stay: refused with ``NotReady`` while loading or draining and with
+        ``QueueFull`` when the queue is at capacity (before the caller reads the upload, so
+        shedding load costs nothing), then counted in flight until the block exits; the drain
+        waits for that count to reach zero."""
+        self.lifecycle.require_ready()
+        self.batcher.check_capacity()
+        self.lifecycle.enter()
+        try:
+            yield
+        finally:
+            self.lifecycle.leave()
+
+    @property
+    def in_flight(self) -> int:
+        return self.lifecycle.active
+
+    @property
+    def draining(self) -> bool:
+        return self.lifecycle.draining
+
     def begin_drain(self) -> None:
+        """Stop admitting (plain attribute writes: safe inside a signal handler)."""
         self.lifecycle.draining = True
         self.metrics.ready.set(0)
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """After ``begin_drain``: wait until no admitted request is left; False on timeout."""
+        return await self.lifecycle.wait_idle(timeout_s)
 
     def _run_batch(self, staged: list) -> list[np.ndarray]:
         return list(self.backend.infer_images(staged))
@@ -121,6 +157,10 @@ class Runtime:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def describe(self) -> dict:
+        """What /v1/models publishes: only facts a client may see (no checkpoint meta verbatim:
+        it can hold the training command and data paths, see ``backends.provenance``)."""
+        if not self.lifecycle.loaded:
+            raise NotReady("model is still loading")
         cfg, s, zoo = self.config, self.settings, self.config.zoo
         return {
             "config": cfg.name,
@@ -140,7 +180,8 @@ class Runtime:
             },
             "backend": self.backend.name,
             "device": str(self.backend.device),
-            "precision": self.backend.precision,
+            "precision": self.backend.precision.value,
+            "weights": self.backend.provenance,
             "backend_details": self.backend.describe(),
             "batching": {
                 "max_batch_size": s.max_batch_size,

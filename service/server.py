@@ -4,7 +4,9 @@ uvicorn's own SIGTERM handling stops listening at once, so a pod would refuse co
 Kubernetes still routes traffic to it. Instead the first SIGTERM only starts draining: /readyz
 turns 503 and new /segment requests get 503 while accepted ones finish; when none is left (or
 ``drain_timeout_s`` has passed) uvicorn shuts down normally and the process exits 0. A second
-SIGTERM or a SIGINT falls back to uvicorn's immediate shutdown.
+SIGTERM or a SIGINT falls back to uvicorn's immediate shutdown. If the model cannot be loaded
+(e.g. a precision its backend cannot run) the server shuts down at once and ``serve`` exits
+non-zero with the one-line reason (a traceback would bury it in a pod's log).
 """
 
 from __future__ import annotations
@@ -35,16 +37,21 @@ class DrainingServer(uvicorn.Server):
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
 
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.runtime.start_error is not None:
+            self.should_exit = True  # the main loop ends at its first tick, then a normal shutdown
+
     def handle_exit(self, sig, frame) -> None:
-        if sig != signal.SIGTERM or self.runtime.lifecycle.draining or self._loop is None:
+        if sig != signal.SIGTERM or self.runtime.draining or self._loop is None:
             return super().handle_exit(sig, frame)
-        self.runtime.begin_drain()  # plain attribute writes: safe inside a signal handler
+        self.runtime.begin_drain()
         self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain_then_exit()))
 
     async def _drain_then_exit(self) -> None:
         timeout = self.runtime.settings.drain_timeout_s
-        log.info("draining", extra={"active": self.runtime.lifecycle.active, "timeout_s": timeout})
-        finished = await self.runtime.lifecycle.wait_idle(timeout)
+        log.info("draining", extra={"active": self.runtime.in_flight, "timeout_s": timeout})
+        finished = await self.runtime.wait_idle(timeout)
         log.info("drained" if finished else "drain timeout: shutting down with requests left")
         self.should_exit = True
 
@@ -64,5 +71,9 @@ def build_server(settings: Settings, backend: Backend | None = None) -> Draining
 
 
 def serve(settings: Settings, backend: Backend | None = None) -> None:
+    """Run until shut down; ``SystemExit`` with the reason when the model could not be loaded."""
     configure(settings.log_level, settings.log_format)
-    build_server(settings, backend).run()
+    server = build_server(settings, backend)
+    server.run()
+    if server.runtime.start_error is not None:
+        raise SystemExit(f"deeplab-serve: cannot start: {server.runtime.start_error}")

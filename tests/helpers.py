@@ -111,6 +111,15 @@ def metric(text: str, name: str, **labels) -> float:
     return total
 
 
+def wait_for_metric(url: str, name: str, value: float, what: str, timeout_s: float = 30.0, **labels) -> None:
+    """Poll the server's /metrics until ``name`` (summed over ``labels``) equals ``value``: the way a
+    test waits for server state instead of sleeping."""
+    deadline = time.monotonic() + timeout_s
+    while (seen := metric(httpx.get(url + "/metrics").text, name, **labels)) != value:
+        assert time.monotonic() < deadline, f"timed out waiting until {what} ({name} is {seen}, not {value})"
+        time.sleep(0.01)
+
+
 def post(url: str, data: bytes, fmt: str = "png", content_type="image/png", **params) -> httpx.Response:
     return httpx.post(f"{url}/segment", params={"format": fmt, **params}, content=data, headers={"content-type": content_type}, timeout=60)
 
@@ -130,16 +139,48 @@ def png_claiming(width: int, height: int) -> bytes:
 
 
 class SlowBackend(TorchBackend):
-    """The torch backend, taking at least ``delay_s`` per batch."""
+    """The torch backend with a gate the test holds: each batch is counted as started, then waits
+    in ``infer`` until ``release`` is set, so a test knows exactly which requests are computing
+    and which are queued, on any machine. A batch never released within ``RELEASE_WAIT_S`` fails,
+    so a broken test cannot hang its server."""
 
-    def __init__(self, *args, delay_s: float = 0.5, **kwargs):
+    RELEASE_WAIT_S = 60.0
+
+    def __init__(self, *args, release: threading.Event | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.delay_s = delay_s
+        self.release = threading.Event() if release is None else release
+        self._changed = threading.Condition()
+        self.batches_started = 0
+        self.images_held = 0  # images inside ``infer`` waiting for ``release``
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        time.sleep(self.delay_s)
+        with self._changed:
+            self.batches_started += 1
+            self.images_held += len(batch)
+            self._changed.notify_all()
+        try:
+            if not self.release.wait(self.RELEASE_WAIT_S):
+                raise RuntimeError("the test never released this batch")
+        finally:
+            with self._changed:
+                self.images_held -= len(batch)
+                self._changed.notify_all()
         return super().infer(batch)
 
-    def warm_up(self, shapes, tune=True) -> None:  # start-up need not be slow
+    @contextlib.contextmanager
+    def holding(self):
+        """Hold every batch until ``release`` is set inside the block, or the block ends."""
+        self.release.clear()
+        try:
+            yield self
+        finally:
+            self.release.set()
+
+    def wait_until(self, condition, what: str, timeout_s: float = 30.0) -> None:
+        """Block until ``condition(self)`` holds (checked whenever a batch starts or is released)."""
+        with self._changed:
+            assert self._changed.wait_for(lambda: condition(self), timeout_s), f"timed out waiting until {what}"
+
+    def warm_up(self, shapes, tune=True) -> None:  # start-up is not held
         for n, h, w in shapes:
             super().infer(np.zeros((n, h, w, 3), np.uint8))

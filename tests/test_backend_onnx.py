@@ -65,7 +65,9 @@ def test_service_answers_with_the_same_png_as_the_torch_backend(r18, default_onn
         with running_server(None, model=str(model)) as url:
             response = post(url, image, content_type="image/jpeg")
             assert response.status_code == 200, response.text
-            served[httpx.get(url + "/v1/models").json()["backend"]] = response
+            described = httpx.get(url + "/v1/models").json()
+            assert described["precision"] == "fp32"  # precision auto: what each engine runs on the CPU
+            served[described["backend"]] = response
     assert set(served) == {"torch", "onnxruntime"}
     assert served["onnxruntime"].content == served["torch"].content
     assert labels_of(served["torch"]).shape == (360, 480)
@@ -110,14 +112,14 @@ def test_tensorrt_backend_without_tensorrt_says_so(tmp_path):
         create_backend(str(tmp_path / "m.engine"), "tensorrt", "cuda", "fp32").load()
 
 
-@pytest.mark.skipif(not HAS_TENSORRT, reason="tensorrt is not installed (needs TensorRT 10 and a GPU)")
+@pytest.mark.skipif(not HAS_TENSORRT, reason="tensorrt is not installed (needs TensorRT 10 and a GPU): never run by this project")
 def test_tensorrt_backend_agrees_with_onnxruntime_and_splits_big_batches(r18, tmp_path):
     from export.build_engine import main as build_engine
 
     onnx_path, engine = tmp_path / "r18.onnx", tmp_path / "r18.engine"
     export_onnx(r18, onnx_path, shape=(48, 80), with_argmax=True)
     assert build_engine(["--model", str(onnx_path), "--out", str(engine), "--opt-batch", "2", "--max-batch", "2"]) == 0
-    trt_backend = create_backend(str(engine), "auto", "cuda", "fp32")
+    trt_backend = create_backend(str(engine), "auto", "cuda", "auto")  # the engine's own fp16
     ort_backend = OnnxRuntimeBackend(str(onnx_path))
     assert trt_backend.load().name == ort_backend.load().name
     pixels = np.random.default_rng(1).integers(0, 256, (5, 48, 80, 3), dtype=np.uint8)  # 5 > max batch 2

@@ -1,29 +1,43 @@
-"""The dynamic batcher on its own: plain Python work functions, no HTTP, no torch."""
+"""The dynamic batcher on its own: plain Python work functions, no HTTP, no torch. Its policy
+(which items form the next batch) is tested first as pure bookkeeping, then the mechanism.
+
+Order is never assumed from a sleep: a batch that must still be running blocks on an event the
+test releases, and the test waits for events or for the batcher's own state."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from typing import NamedTuple
 
 import pytest
 
 from service.batcher import Batcher
+from service.batching_policy import Dispatch, DynamicBatching, Wait
 from service.errors import QueueFull, QueueTimeout
+
+WAIT_S = 30.0  # bound on every wait: a broken batcher fails the test, never hangs it
 
 
 class Recorder:
     """A ``run_batch`` that records each batch and the thread it ran on; items that are
-    ``"bad"`` make the whole batch raise, as a crashing model would."""
+    ``"bad"`` make the whole batch raise, as a crashing model would. With ``release``, every
+    batch sets ``started`` and then waits for ``release``, as a batch on a busy GPU would."""
 
-    def __init__(self, delay_s: float = 0.0):
+    def __init__(self, delay_s: float = 0.0, release: threading.Event | None = None):
         self.batches: list[list] = []
         self.threads: set[str] = set()
         self.delay_s = delay_s
+        self.started = threading.Event()
+        self.release = release
 
     def __call__(self, items: list) -> list:
         self.batches.append(list(items))
         self.threads.add(threading.current_thread().name)
+        self.started.set()
+        if self.release is not None:
+            assert self.release.wait(WAIT_S), "the test never released the batch"
         time.sleep(self.delay_s)
         if "bad" in items:
             raise ValueError("bad item in batch")
@@ -42,6 +56,62 @@ async def started(batcher: Batcher) -> Batcher:
 
 def run(coro):
     return asyncio.run(coro)
+
+
+async def wait_event(event: threading.Event, what: str) -> None:
+    assert await asyncio.to_thread(event.wait, WAIT_S), f"timed out waiting until {what}"
+
+
+async def until_set(event: asyncio.Event, what: str) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), WAIT_S)
+    except TimeoutError:
+        pytest.fail(f"timed out waiting until {what}")
+
+
+async def until(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.001)
+
+
+class Item(NamedTuple):
+    enqueued: float
+
+
+def queued_at(*times: float) -> list[Item]:
+    return [Item(t) for t in times]
+
+
+def test_policy_dispatches_a_full_group_at_once_the_one_with_the_oldest_item_first():
+    policy = DynamicBatching(max_batch_size=2, max_delay_s=10.0, capacity=100)
+    queues = {"partial": queued_at(0.0), "full-later": queued_at(2.0, 3.0), "full": queued_at(1.0, 4.0, 5.0)}
+    assert policy.next_batch(queues, computing=0, now=5.0) == Dispatch("full", 2)
+    assert policy.next_batch(queues, computing=1, now=5.0) == Dispatch("full", 2)
+
+
+def test_policy_holds_a_partial_batch_until_its_oldest_item_is_due():
+    policy = DynamicBatching(max_batch_size=4, max_delay_s=0.5, capacity=100)
+    queues = {"a": queued_at(10.0, 10.1), "b": queued_at(10.2), "empty": []}
+    choice = policy.next_batch(queues, computing=0, now=10.2)
+    assert isinstance(choice, Wait) and choice.seconds == pytest.approx(0.3)
+    assert policy.next_batch(queues, computing=0, now=10.5) == Dispatch("a", 2)
+
+
+def test_policy_holds_an_overdue_partial_batch_while_another_computes():
+    policy = DynamicBatching(max_batch_size=4, max_delay_s=0.0, capacity=100)
+    assert policy.next_batch({"a": queued_at(0.0, 1.0)}, computing=1, now=99.0) == Wait(None)
+
+
+def test_policy_admits_up_to_capacity_and_refuses_bad_settings():
+    policy = DynamicBatching(max_batch_size=4, max_delay_s=0.0, capacity=3)
+    policy.admit(2)
+    with pytest.raises(QueueFull, match="3 images waiting"):
+        policy.admit(3)
+    for bad in [(0, 0.0, 3), (4, -1.0, 3), (4, 0.0, 0)]:
+        with pytest.raises(ValueError, match="max_batch_size >= 1"):
+            DynamicBatching(*bad)
 
 
 def test_each_caller_gets_its_own_result_and_batches_fill_to_max_size():
@@ -134,24 +204,33 @@ def test_with_concurrency_two_two_batches_run_at_once_on_two_threads():
     assert len(threads) == 2
 
 
-def test_while_a_batch_computes_a_partial_batch_waits_for_it_and_collects_new_arrivals():
-    release = threading.Event()
-    rec = Recorder()
+class Watched(DynamicBatching):
+    """The default policy, announcing each time it holds back a batch because another computes."""
 
-    def run_batch(items):
-        if 1 in items:
-            release.wait(10)  # the GPU is busy with the first batch
-        return rec(items)
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.held_back = asyncio.Event()
+
+    def next_batch(self, queues, computing, now):
+        choice = super().next_batch(queues, computing, now)
+        if isinstance(choice, Wait) and computing:
+            self.held_back.set()
+        return choice
+
+
+def test_while_a_batch_computes_a_partial_batch_waits_for_it_and_collects_new_arrivals():
+    rec = Recorder(release=threading.Event())
 
     async def main():
-        b = await started(make(run_batch, max_batch_size=4, max_delay_s=0, concurrency=2))
+        b = await started(make(rec, max_batch_size=4, max_delay_s=0, concurrency=2, policy=Watched))
         first = asyncio.ensure_future(b.submit("k", 1))
-        await asyncio.sleep(0.05)
-        rest = [asyncio.ensure_future(b.submit("k", 2))]
-        await asyncio.sleep(0.1)  # item 2 is overdue, but a batch is computing: it waits
-        rest.append(asyncio.ensure_future(b.submit("k", 3)))
-        await asyncio.sleep(0.1)
-        release.set()
+        await wait_event(rec.started, "the first batch computes")
+        rest = []
+        for item in (2, 3):  # each is overdue at once, and a thread is free, yet it waits
+            b.policy.held_back.clear()
+            rest.append(asyncio.ensure_future(b.submit("k", item)))
+            await until_set(b.policy.held_back, f"item {item} is held back")
+        rec.release.set()
         outcomes = await asyncio.gather(first, *rest)
         await b.stop()
         return outcomes
@@ -163,40 +242,41 @@ def test_while_a_batch_computes_a_partial_batch_waits_for_it_and_collects_new_ar
 
 def test_full_queue_raises_queue_full():
     async def main():
-        rec = Recorder(delay_s=0.3)
+        rec = Recorder(release=threading.Event())
         b = await started(make(rec, max_batch_size=1, capacity=2, max_delay_s=0))
         tasks = [asyncio.ensure_future(b.submit("k", 0))]
-        await asyncio.sleep(0.05)  # item 0 running
+        await wait_event(rec.started, "item 0 runs")
         tasks += [asyncio.ensure_future(b.submit("k", i)) for i in (1, 2)]
-        await asyncio.sleep(0.05)  # items 1 and 2 queued
+        await until(lambda: b.depth == 2, "items 1 and 2 are queued")
         with pytest.raises(QueueFull):
             await b.submit("k", 99)
+        rec.release.set()
         results = await asyncio.gather(*tasks)
         await b.stop()
         return rec, results
 
     rec, results = run(main())
     assert [r.value for r in results] == ["result:0", "result:1", "result:2"]
-    assert 99 not in [x for batch in rec.batches for x in batch]
+    assert rec.batches == [[0], [1], [2]]
 
 
 def test_timed_out_items_are_removed_and_never_run():
     async def main():
-        rec = Recorder(delay_s=0.5)
+        rec = Recorder(release=threading.Event())
         b = await started(make(rec, max_batch_size=1, max_delay_s=0, timeout_s=0.2))
         first = asyncio.ensure_future(b.submit("k", "first"))
-        await asyncio.sleep(0.05)
+        await wait_event(rec.started, "the first item runs")
         with pytest.raises(QueueTimeout):
             await b.submit("k", "late")
         depth = b.depth
-        await first
-        await asyncio.sleep(0.1)
+        rec.release.set()
+        outcome = await first  # it also outlived the timeout, but had started: it gets its result
         await b.stop()
-        return rec, depth
+        return rec, depth, outcome
 
-    rec, depth = run(main())
+    rec, depth, outcome = run(main())
     assert depth == 0
-    assert rec.batches == [["first"]]
+    assert rec.batches == [["first"]] and outcome.value == "result:first"
 
 
 def test_an_item_already_running_past_its_timeout_still_gets_its_result():
@@ -212,20 +292,23 @@ def test_an_item_already_running_past_its_timeout_still_gets_its_result():
 
 def test_cancelled_callers_are_dropped_before_their_batch_starts():
     async def main():
-        rec = Recorder(delay_s=0.3)
+        rec = Recorder(release=threading.Event())
         b = await started(make(rec, max_batch_size=1, max_delay_s=0))
         first = asyncio.ensure_future(b.submit("k", "first"))
-        await asyncio.sleep(0.05)
+        await wait_event(rec.started, "the first item runs")
         gone = asyncio.ensure_future(b.submit("k", "gone"))
-        await asyncio.sleep(0.05)
+        await until(lambda: b.depth == 1, "the second item is queued")
         gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        depth = b.depth
+        rec.release.set()
         await first
-        await asyncio.sleep(0.4)
-        await b.stop()
-        return rec, b.depth
+        await b.stop()  # waits for every batch the batcher started
+        return rec, depth
 
     rec, depth = run(main())
-    assert rec.batches == [["first"]] and depth == 0
+    assert depth == 0 and rec.batches == [["first"]]
 
 
 def test_a_failing_batch_is_retried_item_by_item_so_only_the_culprit_fails():

@@ -1,6 +1,8 @@
-"""export/build_engine.py: argument validation, profiles, sidecars and the no-TensorRT path.
+"""export/build_engine.py: argument validation, profiles, sidecars, the no-TensorRT fallback and
+the TensorRT version gate (against a stand-in `tensorrt` package that only has `__version__`).
 
-The TensorRT build itself needs `tensorrt` and a GPU; those tests skip here with that reason.
+The TensorRT build itself needs `tensorrt` 10 and a GPU; those tests skip here with that reason:
+no TensorRT wheel is reachable from this project's machines, so they have never run.
 """
 
 from __future__ import annotations
@@ -10,24 +12,51 @@ import contextlib
 import hashlib
 import importlib.util
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import randomize
 
 from export.build_engine import main, resolve_profile
 from export.engines.metadata import MetadataError, read_onnx, read_sidecar
 from export.engines.profile import ShapeProfile, parse_hw
+from export.engines.tensorrt_import import UnsupportedTensorRT, import_tensorrt
 from export.tensorrt_build import onnx_input, trtexec_command
 from model import DEFAULT_MODEL, build_model, get_config, save_checkpoint
 from model.pipeline.buckets import InputPolicy
 
 REPO = Path(__file__).resolve().parent.parent
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
-needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason="tensorrt is not installed (needs TensorRT 10 and a GPU)")
+needs_tensorrt = pytest.mark.skipif(
+    not HAS_TENSORRT, reason="tensorrt is not installed (needs TensorRT 10 and a GPU): never run by this project"
+)
 CAMVID = get_config(DEFAULT_MODEL)
+
+
+def tensorrt_stand_in(root: Path, version: str | None) -> Path:
+    """A real importable `tensorrt` package holding only `__version__` (None: not even that), the
+    one attribute the version gate reads. Legitimate here because TensorRT itself is absent."""
+    (root / "tensorrt").mkdir(parents=True)
+    (root / "tensorrt" / "__init__.py").write_text("" if version is None else f"__version__ = {version!r}\n")
+    return root
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch, tmp_path):
+    """install(version): makes `import tensorrt` in this process find the stand-in."""
+    had_tensorrt = "tensorrt" in sys.modules
+
+    def install(version: str | None) -> None:
+        monkeypatch.syspath_prepend(str(tensorrt_stand_in(tmp_path / "site", version)))
+        monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+
+    yield install
+    if not had_tensorrt:
+        sys.modules.pop("tensorrt", None)
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +87,11 @@ def labels_onnx(from_checkpoint) -> Path:
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed: the fallback path does not run")
 def test_without_tensorrt_prints_trtexec_command_and_writes_sidecar(from_checkpoint, labels_onnx):
+    """The documented fallback succeeded, so exit 0, saying plainly that no engine was built."""
     code, out, err, engine, cache = from_checkpoint
-    assert code == 3, err
-    assert "TensorRT Python bindings (`tensorrt`, version 10) are not installed" in err
+    assert code == 0, err
+    assert f"{engine} was NOT built: the `tensorrt` Python package is not installed" in err
+    assert "Traceback" not in err
     assert "onnx check: batch 2 at 64x96" in out
     assert out.strip().splitlines()[-1] == (
         f"trtexec --onnx={labels_onnx} --saveEngine={engine} --minShapes=input:1x3x64x96 "
@@ -81,9 +112,39 @@ def test_runs_as_a_script_from_any_directory(labels_onnx, tmp_path):
     script = REPO / "export" / "build_engine.py"
     argv = [sys.executable, str(script), "--model", str(labels_onnx), "--out", "m.plan", "--fp32"]
     proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=False)
-    assert proc.returncode == 3, proc.stderr
+    assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"trtexec --onnx={labels_onnx} --saveEngine=m.plan ")
     assert "--fp16" not in proc.stdout and (tmp_path / "m.plan.json").is_file()
+
+
+@pytest.mark.parametrize("version", ["10.0.1", "10.16.1.11"])
+def test_tensorrt_gate_accepts_10(fake_tensorrt, version):
+    fake_tensorrt(version)
+    assert import_tensorrt().__version__ == version
+
+
+@pytest.mark.parametrize(
+    "version, found",
+    [("11.0.0", "11.0.0"), ("9.3.0.post12", "9.3.0.post12"), ("nightly", "nightly"), (None, "of unknown version")],
+)
+def test_tensorrt_gate_refuses_every_other_version(fake_tensorrt, version, found):
+    fake_tensorrt(version)
+    with pytest.raises(UnsupportedTensorRT) as exc:
+        import_tensorrt()
+    assert str(exc.value) == f"TensorRT {found} found; this code supports TensorRT 10.x only: pip install 'tensorrt>=10,<11'"
+
+
+def test_build_engine_under_tensorrt_11_stops_in_one_line_before_any_work(labels_onnx, tmp_path):
+    """TensorRT 11 removed `BuilderFlag.FP16`: refused up front, not a traceback mid-build."""
+    site = tensorrt_stand_in(tmp_path / "site", "11.1.0")
+    argv = [sys.executable, "-m", "export.build_engine", "--model", str(labels_onnx), "--out", "m.engine"]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "error: TensorRT 11.1.0 found; this code supports TensorRT 10.x only: pip install 'tensorrt>=10,<11'\n"
+    )
+    assert proc.stdout == "" and not (tmp_path / "m.engine.json").exists()
 
 
 def test_exported_onnx_is_fixed_size_labels_graph(labels_onnx):
@@ -108,14 +169,19 @@ def _args(**overrides) -> argparse.Namespace:
 
 
 @pytest.mark.parametrize("name", [DEFAULT_MODEL, "deeplabv3plus_r50-d8_4xb2-40k_cityscapes-512x1024"])
-def test_default_profile_covers_every_server_bucket(name):
+def test_default_profile_is_exactly_the_range_of_the_server_buckets(name):
+    """The buckets come from the input policy preparing real images of every aspect ratio, from
+    1:100 to 100:1 (the flattest land in the smallest bucket): the profile must span exactly them."""
     cfg = get_config(name)
+    policy = InputPolicy.for_config(cfg)
+    sizes = [(1000, k) for k in (10, 40, 120, 300, 500, 750, 1000)] + [(k, 1000) for k in (10, 40, 120, 300, 500, 750)]
+    buckets = {policy.prepare(np.zeros((h, w, 3), np.uint8)).bucket for w, h in sizes}  # (width, height)
     profile = resolve_profile(_args(), cfg, [None, 3, None, None])
-    short, long_ = min(cfg.test_scale), max(cfg.test_scale)
     assert (profile.min_batch, profile.opt_batch, profile.max_batch) == (1, 8, 16)
-    assert profile.opt_hw == (short, long_) and profile.max_hw == (long_, long_)
-    buckets = InputPolicy.for_config(cfg).all_buckets()
-    assert len(buckets) > 2 and all(profile.accepts_hw((h, w)) for w, h in buckets)
+    assert profile.min_hw == (min(h for _, h in buckets), min(w for w, _ in buckets))
+    assert profile.max_hw == (max(h for _, h in buckets), max(w for w, _ in buckets))
+    assert profile.opt_hw == (min(cfg.test_scale), max(cfg.test_scale))  # the landscape box: most photos
+    assert all(profile.accepts_hw((h, w)) for w, h in policy.all_buckets())
 
 
 def test_profile_follows_static_dims_and_rejects_conflicts():

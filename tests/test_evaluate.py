@@ -4,19 +4,49 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+from PIL import Image
+
+from model import load_model
+from model.pipeline import Segmenter, load_image
 from model.training.evaluate import main as evaluate_main
 
-# Measured on CPU (fp32) with the shipped fp16 weights: first 5 val frames mIoU 75.60, aAcc 96.97;
-# the whole val split gives 76.05 (model/weights/README.md).
-FIRST5_MIOU = 75.60
+# CPU fp32 with the shipped fp16 weights on the first 5 val frames (the whole split gives 76.05,
+# model/weights/README.md). Fixed weights on fixed frames: only float summation order can move a
+# label, and 26 of the 864,000 pixels lie within 1e-3 of a tie; one pole pixel (the smallest
+# union, 2,700 pixels) moves the mIoU by 0.003.
+FIRST5_MIOU, FIRST5_AACC = 75.6025, 96.9674
+TOLERANCE = 0.05
+N = 5
+
+
+def confusion_by_numpy(camvid_dir, classes: int) -> np.ndarray:
+    """Ground truth x prediction counts over the first N val frames, outside the code under test."""
+    segmenter = Segmenter(load_model())
+    matrix = np.zeros((classes, classes), np.int64)
+    for image in sorted((camvid_dir / "images" / "val").glob("*.jpg"))[:N]:
+        pred = segmenter.predict([load_image(image)])[0].astype(np.int64)
+        truth = np.asarray(Image.open(camvid_dir / "labels" / "val" / f"{image.stem}.png")).astype(np.int64)
+        known = truth != 255
+        matrix += np.bincount(truth[known] * classes + pred[known], minlength=classes * classes).reshape(classes, classes)
+    return matrix
 
 
 def test_shipped_model_scores_as_measured_on_camvid_val(camvid_dir, tmp_path, capsys):
     out = tmp_path / "metrics.json"
-    assert evaluate_main(["--data", str(camvid_dir), "--split", "val", "--limit", "5", "--json", str(out)]) == 0
+    assert evaluate_main(["--data", str(camvid_dir), "--split", "val", "--limit", str(N), "--json", str(out)]) == 0
     record = json.loads(out.read_text())
-    assert record["images"] == 5 and record["config"] == "deeplabv3plus_r18-d8_camvid-360x480"
-    assert abs(record["mIoU"] - FIRST5_MIOU) < 1.0, record["mIoU"]
-    assert record["aAcc"] > 95 and record["per_class"]["road"]["IoU"] > 95
+    assert record["images"] == N and record["config"] == "deeplabv3plus_r18-d8_camvid-360x480"
+
+    matrix = confusion_by_numpy(camvid_dir, len(record["per_class"]))
+    hits = np.diag(matrix)
+    iou = 100 * hits / (matrix.sum(0) + matrix.sum(1) - hits)
+    acc = 100 * hits / matrix.sum(1)
+    for k, (name, got) in enumerate(record["per_class"].items()):
+        assert (got["IoU"], got["Acc"]) == (round(iou[k], 2), round(acc[k], 2)), name
+    assert record["mIoU"] == round(iou.mean(), 2) and record["aAcc"] == round(100 * hits.sum() / matrix.sum(), 2)
+
+    assert abs(iou.mean() - FIRST5_MIOU) < TOLERANCE, iou.mean()
+    assert abs(100 * hits.sum() / matrix.sum() - FIRST5_AACC) < TOLERANCE
     printed = capsys.readouterr().out
-    assert "| road" in printed and "mIoU 75." in printed
+    assert "| road" in printed and f"mIoU {record['mIoU']:.2f}" in printed

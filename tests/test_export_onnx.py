@@ -148,7 +148,8 @@ def test_check_shapes_cover_each_dynamic_axis():
     [
         (["--out", "m.onnx", "--shape", "64"], "expected HEIGHTxWIDTH"),
         (["--out", "m.onnx", "--batch", "0"], "'dynamic' or a positive integer"),
-        (["--out", "m.onnx", "--opset", "17"], "opset must be an integer in 18.."),
+        (["--out", "m.onnx", "--opset", "17"], "opset must be an integer >= 18"),
+        (["--out", "m.onnx", "--opset", "999"], "--opset 999 is newer than the installed onnx supports"),
         (["--out", "m.txt"], "--out must end in .onnx"),
         (["--out", "m.onnx", "--shape", "64x96", "--dynamic-shape"], "not allowed with argument"),
         (["--out", "m.onnx", "--shape", "64x96", "--sample-shape", "32x32"], "--sample-shape only applies"),

@@ -1,5 +1,6 @@
-"""FP8 3x3 convs: the quantization's error bound and semantics on CPU (the PyTorch reference),
-the Triton kernels against that reference on a Hopper GPU, and the FP8 network's labels."""
+"""FP8 3x3 convs: the quantization's error bound and semantics, the conv of the quantized values
+against an independent float64 sum over taps (the CPU path here, the Triton kernels on a Hopper
+GPU), and the FP8 network's labels."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from helpers import randomize
 from model import build_model, get_config
 from model.accel import fp8
 from model.accel.fast import Fp8Conv3x3, optimize_for_inference, use_fp8
+from model.accel.kernels import spread_borders_reference
 
 needs_hopper = pytest.mark.skipif(
     not (torch.cuda.is_available() and fp8.supported("cuda")),
@@ -22,6 +24,34 @@ needs_hopper = pytest.mark.skipif(
 
 def channels_last(*shape, scale=1.0, device="cpu", dtype=torch.float16):
     return (torch.randn(*shape, device=device) * scale).to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+def scaled_e4m3(maps: list[torch.Tensor], amax: torch.Tensor, pad: int) -> torch.Tensor:
+    """The channel concat, channels-last, times 448 / amax per image, zero-padded, rounded to e4m3."""
+    x = torch.cat([t.float() for t in maps], dim=1).permute(0, 2, 3, 1)
+    inverse = torch.where(amax > 0, 448 / amax, 1.0)[:, None, None, None]
+    return F.pad(x * inverse, (0, 0, pad, pad, pad, pad)).to(torch.float8_e4m3fn)
+
+
+def dequantized_conv(q, amax, weight_q, weight_scale, bias, dilation, residual, relu) -> torch.Tensor:
+    """Float64: for each of the 9 taps, the dequantized padded input shifted by the tap times the
+    dequantized weights of that tap ((ty, tx, c) order), summed; + bias (+ residual), ReLU."""
+    q, amax, weight_q, weight_scale, bias = (t.cpu() for t in (q, amax, weight_q, weight_scale, bias))
+    x = q.double() * torch.where(amax > 0, amax.double() / 448, 1.0)[:, None, None, None]
+    n, hp, wp, c = q.shape
+    h, w = hp - 2 * dilation, wp - 2 * dilation
+    weight = (weight_q.double() * weight_scale.double()[:, None]).view(-1, 3, 3, c)
+    y = bias.double().expand(n, h, w, -1).clone()
+    for ty in range(3):
+        for tx in range(3):
+            tap = x[:, ty * dilation : ty * dilation + h, tx * dilation : tx * dilation + w]
+            y += torch.einsum("nhwc,oc->nhwo", tap, weight[:, ty, tx])
+    y = y.permute(0, 3, 1, 2)
+    if residual is not None and residual.shape[2:] == (h, w):
+        y = y + residual.cpu().double()
+    elif residual is not None:  # at most 3 x 3, spread over the output (checked in test_kernels)
+        y = y + spread_borders_reference(residual.cpu().double(), (h, w))
+    return y.relu() if relu else y
 
 
 def test_quantize_padded_is_the_scaled_concat_with_zero_borders():
@@ -39,6 +69,7 @@ def test_quantize_padded_is_the_scaled_concat_with_zero_borders():
     bound = torch.maximum(x.abs() / 16, (amax / 448)[:, None, None, None] * 2.0**-10)
     assert ((got - x).abs() <= bound * 1.0001).all()
     assert (q.float().abs().amax(dim=(1, 2, 3)) == 448).all()  # each image's max maps to e4m3's max
+    assert torch.equal(q.view(torch.uint8), scaled_e4m3(maps, amax, 2).view(torch.uint8))
 
 
 def test_an_images_result_does_not_depend_on_its_batch_mates():
@@ -48,7 +79,24 @@ def test_an_images_result_does_not_depend_on_its_batch_mates():
     assert torch.equal(fp8.quantize_padded([torch.cat([a, b])], amax, 1)[:1].float(), alone.float())
 
 
-def test_reference_conv_is_close_to_the_exact_conv():
+@pytest.mark.parametrize(("size", "dilation", "residual"), [
+    ((12, 10), 3, "full"), ((2, 9), 1, "borders"), ((7, 5), 2, None),
+])  # fmt: skip
+def test_cpu_conv_is_the_sum_over_taps_of_the_quantized_values(size, dilation, residual):
+    x = channels_last(2, 256, *size, dtype=torch.float32).relu()
+    w, bias = torch.randn(64, 256, 3, 3) * (2 / 2304) ** 0.5, torch.randn(64) * 0.1
+    res_size = {"full": size, "borders": (min(size[0], 3), min(size[1], 3)), None: None}[residual]
+    res = torch.randn(2, 64, *res_size) if res_size else None
+    wq, ws = fp8.quantize_weight(w)
+    amax = fp8.image_amax([x])
+    q = fp8.quantize_padded([x], amax, dilation)
+    got = fp8.conv3x3_fp8(q, amax, wq, ws, bias, dilation, res, relu=True)
+    ref = dequantized_conv(q, amax, wq, ws, bias, dilation, res, relu=True)
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())  # fp32 sums of 2304 terms
+
+
+def test_quantized_conv_is_close_to_the_exact_conv():
     x = channels_last(2, 256, 12, 10, dtype=torch.float32).relu()
     w, bias, res = torch.randn(64, 256, 3, 3) * (2 / 2304) ** 0.5, torch.randn(64) * 0.1, torch.randn(2, 64, 12, 10)
     wq, ws = fp8.quantize_weight(w)
@@ -93,21 +141,20 @@ def test_casting_the_module_keeps_the_e4m3_weights():
     ((256, 128), 64, (9, 200), 2),  # fewer output channels than a tile
 ])  # fmt: skip
 @pytest.mark.parametrize("residual", ["none", "full", "borders"])
-def test_triton_kernels_match_the_reference(channels, cout, size, dilation, residual):
+def test_triton_kernels_match_the_sum_over_taps(channels, cout, size, dilation, residual):
     torch.manual_seed(0)
     maps = [channels_last(3, c, *size, scale=s, device="cuda").relu() for c, s in zip(channels, (1, 4, 0.5, 2), strict=False)]
     amax = fp8.image_amax(maps)
     assert torch.equal(amax, torch.cat(maps, 1).float().abs().amax(dim=(1, 2, 3)))
     q = fp8.quantize_padded(maps, amax, dilation)
-    assert torch.equal(q.view(torch.uint8), fp8.quantize_padded_reference(maps, amax, dilation).view(torch.uint8))
+    assert torch.equal(q.view(torch.uint8), scaled_e4m3(maps, amax, dilation).view(torch.uint8))
     w = torch.randn(cout, sum(channels), 3, 3, device="cuda") * (2 / (9 * sum(channels))) ** 0.5
     wq, ws = fp8.quantize_weight(w)
     bias = (torch.randn(cout, device="cuda") * 0.1).half()
     res_size = {"none": None, "full": size, "borders": (min(size[0], 3), min(size[1], 3))}[residual]
     res = channels_last(3, cout, *res_size, device="cuda") if res_size else None
     got = fp8.conv3x3_fp8(q, amax, wq, ws, bias, dilation, res, relu=True).cpu()
-    cpu = [t.cpu() if t is not None else None for t in (q, amax, wq, ws, bias, res)]  # fp32 on CPU: no TF32
-    ref = fp8.conv3x3_fp8_reference(*cpu[:5], dilation, cpu[5], relu=True)
+    ref = dequantized_conv(q, amax, wq, ws, bias, dilation, res, relu=True)
     assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == ref.shape
     # the tensor cores' FP8 accumulator keeps fewer bits than fp32: up to ~7e-3 of the largest
     # output at K = 18432 (`bench.kernel_variants --parts fp8conv`); a wrong tap or scale is O(1)

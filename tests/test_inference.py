@@ -57,6 +57,40 @@ def test_predict_equals_mmseg_inference_model(name, slide):
     assert (labels == result.pred_sem_seg.data[0].numpy()).mean() > 0.999
 
 
+def mmseg_tta(ref, image: np.ndarray):
+    """mmseg's own multi-scale + flip: its config's `tta_pipeline` (ratios 0.5..1.75, flip) and
+    `SegTTAModel`. Returns its labels and the mean softmax over its per-augmentation outputs."""
+    from mmcv.transforms import Compose
+    from mmseg.registry import MODELS
+
+    steps = ref.cfg.tta_pipeline.copy()
+    steps[0] = {"type": "LoadImageFromNDArray"}
+    steps[1]["transforms"] = [t for t in steps[1]["transforms"] if t[0]["type"] != "LoadAnnotations"]
+    augmented = Compose(steps)({"img": np.ascontiguousarray(image[..., ::-1])})  # mmseg reads BGR
+    batches = {key: [[item] for item in items] for key, items in augmented.items()}
+    assert len(batches["inputs"]) == 12
+    labels = MODELS.build({"type": "SegTTAModel", "module": ref}).test_step(batches)[0].pred_sem_seg.data[0]
+    outputs = [ref.test_step({key: batches[key][i] for key in batches})[0] for i in range(12)]
+    probabilities = sum(out.seg_logits.data.softmax(dim=0) for out in outputs) / 12
+    return labels.numpy(), probabilities
+
+
+def test_tta_equals_mmseg_seg_tta_model():
+    """Odd sizes, so each ratio exercises mmcv's rounding (70 x 0.75 = 52.5 -> 53)."""
+    ref = mmseg_inference_model(WHOLE, (64, 48))
+    net = build_model(get_config(WHOLE)).eval()
+    net.load_state_dict(ref.state_dict())
+    image = np.random.RandomState(4).randint(0, 255, (50, 70, 3), dtype=np.uint8)
+    ref_labels, ref_probabilities = mmseg_tta(ref, image)
+    probabilities = Segmenter(net, tta=True).predict_logits([image])[0]
+    assert probabilities.shape == ref_probabilities.shape == (6, 50, 70)
+    assert (probabilities - ref_probabilities).abs().max().item() < 1e-6  # 6e-8 measured
+    margin = ref_probabilities.topk(2, dim=0).values.diff(dim=0).abs()[0]
+    decided = (margin > 1e-4).numpy()  # elsewhere the two may round a tie differently
+    labels = Segmenter(net, tta=True).predict([image])[0]
+    assert decided.mean() > 0.99 and np.array_equal(labels[decided], ref_labels[decided])
+
+
 def small_net(name=WHOLE, **changes):
     cfg = dataclasses.replace(get_config(name), test_scale=(96, 64), **changes)
     net = build_model(cfg, with_auxiliary=False).eval()

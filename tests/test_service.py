@@ -8,18 +8,36 @@ are compared with the same network run directly through ``model.Segmenter``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
+import subprocess
+import sys
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
+from helpers import (
+    REPO,
+    SCALE,
+    free_port,
+    image_bytes,
+    labels_of,
+    metric,
+    post,
+    running_server,
+    scene,
+    small_net,
+)
 from PIL import Image
 
-from helpers import SCALE, image_bytes, labels_of, metric, post, running_server, scene, small_net
-from model import DEFAULT_MODEL, get_config
+from model import DEFAULT_MODEL, get_config, save_checkpoint
 from model.pipeline import Segmenter
 from service.backends.pytorch import TorchBackend
+from service.settings import Settings, markdown_table
+from service.version import package_version
+
 
 @pytest.fixture(scope="module")
 def net():
@@ -128,6 +146,8 @@ def test_models_endpoint(server):
     assert body["config"] == DEFAULT_MODEL
     assert body["classes"] == list(cfg.dataset.classes)
     assert body["palette"] == [list(p) for p in cfg.dataset.palette]
+    # the setting is auto: what is reported is the precision the CPU engine really runs
+    assert Settings.model_fields["precision"].default == "auto"
     assert (body["backend"], body["device"], body["precision"]) == ("torch", "cpu", "fp32")
     assert body["batching"]["max_batch_size"] == 8
     assert body["input_policy"]["test_scale"] == list(SCALE)
@@ -171,3 +191,55 @@ def test_openapi_describes_endpoints_and_errors(server):
         assert "get" in spec["paths"][path]
     assert "503" in spec["paths"]["/readyz"]["get"]["responses"]
     assert httpx.get(server + "/docs").status_code == 200
+
+
+def test_models_endpoint_publishes_provenance_but_not_the_training_command_or_data(tmp_path):
+    secret = "/home/trainer/private-data/camvid"
+    meta = {"command": f"python -m model.training.train --data {secret}", "data": secret,
+            "recipe": {"data": secret, "work_dir": "/home/trainer/runs"}, "val": {"mIoU": 61.5, "aAcc": 90.1}, "iterations": 1000}  # fmt: skip
+    checkpoint = save_checkpoint(small_net(seed=7), tmp_path / "trained.pth", meta=meta)
+    with running_server(None, model=str(checkpoint), precision="bf16") as url:
+        body = httpx.get(url + "/v1/models").json()
+        info = metric(httpx.get(url + "/metrics").text, "deeplab_model_info", backend="torch", precision="bf16")
+    text = str(body)
+    assert "/home/trainer" not in text and "python -m" not in text and "command" not in text
+    assert body["weights"] == {
+        "file": "trained.pth", "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+        "val_miou": 61.5, "val_aacc": 90.1, "iterations": 1000,
+    }  # fmt: skip
+    assert body["precision"] == "bf16" and info == 1
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service", *args], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_cli_help_shows_every_flag_with_its_default_and_choices():
+    out = run_cli("--help")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())  # argparse wraps lines
+    for name in Settings.model_fields:
+        assert f"--{name.replace('_', '-')}" in text and f"(env DEEPLAB_{name.upper()})" in text
+    assert "--precision {auto,fp32,fp16,bf16,fp8}" in text and "default: auto" in text
+    assert "--backend {auto,torch,onnxruntime,tensorrt}" in text
+    assert "default: 64 (env DEEPLAB_QUEUE_CAPACITY)" in text and "default: the built-in model" in text
+
+
+def test_cli_version_prints_the_package_version():
+    out = run_cli("--version")
+    assert out.returncode == 0, out.stderr
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert out.stdout.strip() == f"deeplab-serve {pyproject}" == f"deeplab-serve {package_version()}"
+
+
+def test_cli_exits_with_one_clear_line_when_the_backend_cannot_run_the_precision():
+    out = run_cli("--precision", "fp8", "--device", "cpu", "--host", "127.0.0.1", "--port", str(free_port()))
+    assert out.returncode != 0
+    assert "cannot start: the torch backend on cpu runs fp32, fp16, bf16, not fp8" in out.stderr.splitlines()[-1]
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_readme_settings_table_is_the_settings_table():
+    readme = (REPO / "service" / "README.md").read_text()
+    assert markdown_table() in readme, "regenerate the table: python -c 'from service.settings import markdown_table; print(markdown_table())'"
+    assert "`auto`, `fp32`, `fp16`, `bf16`, `fp8`" in markdown_table()

@@ -1,27 +1,47 @@
-"""Backend selection and the torch backend's contract (uint8 RGB batch in, uint8 labels out)."""
+"""Backend registry and selection, precision per backend, the runtime's admission, and the torch
+backend's contract (uint8 RGB batch in, uint8 labels out)."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import hashlib
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    REPO,
+    SCALE,
+    image_bytes,
+    labels_of,
+    metric,
+    post,
+    randomize,
+    running_server,
+    scene,
+    small_net,
+)
 
+from export.engines.metadata import ExportMetadata, write_sidecar
 from model import build_model, get_config
 from model.accel import fp8
-from model.pipeline import Segmenter
 from model.accel.fast import Fp8Conv3x3
-from service.backends import create_backend, resolve_backend_name
-from service.backends.pytorch import TorchBackend
+from model.pipeline import Segmenter
 from model.pipeline.buckets import InputPolicy
+from model.precision import Precision, UnsupportedPrecision
+from service.backends import BACKENDS, Backend, create_backend, resolve_backend_name
+from service.backends.onnxruntime import OnnxRuntimeBackend
+from service.backends.pytorch import TorchBackend
+from service.backends.tensorrt import TensorRTBackend
+from service.errors import NotReady, QueueFull
 from service.metrics import ServiceMetrics
 from service.runtime import Runtime
-from service.settings import Settings
-from helpers import randomize
-from helpers import SCALE, image_bytes, labels_of, post, running_server, scene, small_net
+from service.settings import Settings, choices_of
 
 
 @pytest.mark.parametrize(
@@ -44,6 +64,99 @@ def test_backend_is_chosen_by_extension_unless_given(model, backend, expected):
 def test_unknown_backend_is_refused_clearly():
     with pytest.raises(ValueError, match="unknown backend"):
         create_backend(None, "tflite", "cpu", "fp32")
+
+
+def test_backends_are_registered_by_class_and_settings_offer_exactly_those():
+    assert BACKENDS == {"torch": TorchBackend, "onnxruntime": OnnxRuntimeBackend, "tensorrt": TensorRTBackend}
+    assert all(issubclass(cls, Backend) and cls.extensions for cls in BACKENDS.values())
+    suffixes = [ext for cls in BACKENDS.values() for ext in cls.extensions]
+    assert len(suffixes) == len(set(suffixes))  # each extension selects one backend
+    for name, cls in BACKENDS.items():
+        for ext in cls.extensions:
+            assert resolve_backend_name(f"model{ext.upper()}") == name
+    assert choices_of("backend") == ["auto", *BACKENDS]
+    with pytest.raises(ValueError, match="backend"):
+        Settings(backend="tflite")
+
+
+def test_registry_imports_no_engine_package():
+    """An image without onnxruntime or tensorrt must still import the registry (engines load lazily)."""
+    code = "import sys, service.backends; print(sorted({'onnxruntime', 'tensorrt'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_options_reach_only_the_backends_that_declare_them():
+    torch_backend = create_backend(None, "torch", "cpu", cuda_graphs=False)
+    assert torch_backend.cuda_graphs is False
+    onnx_backend = create_backend("m.onnx", cuda_graphs=False)  # not an option of onnxruntime: ignored
+    assert type(onnx_backend) is OnnxRuntimeBackend and not hasattr(onnx_backend, "cuda_graphs")
+
+
+def test_torch_backend_auto_precision_is_fp32_on_cpu_and_explicit_ones_are_kept():
+    auto = TorchBackend(net=small_net())
+    assert auto.precision is None  # nothing runs before load
+    auto.load()
+    assert auto.precision is Precision.FP32 and next(auto.net.parameters()).dtype == torch.float32
+    bf16 = TorchBackend(net=small_net(), precision="bf16")
+    bf16.load()
+    assert bf16.precision is Precision.BF16
+
+
+@pytest.mark.parametrize(
+    "backend,message",
+    [
+        (lambda: TorchBackend(net=small_net(), precision="fp8"), r"torch backend on cpu runs fp32, fp16, bf16, not fp8 \(fp8 needs a Hopper"),
+        (lambda: TorchBackend(net=small_net(), precision="fp64"), r"unknown precision 'fp64'; choose from fp32, fp16, bf16, fp8"),
+        (lambda: OnnxRuntimeBackend("m.onnx", precision="fp16"), r"onnxruntime backend on cpu runs fp32, not fp16"),
+        (lambda: OnnxRuntimeBackend("m.onnx", precision="bf16"), r"runs fp32, not bf16"),
+    ],
+)
+def test_unsupported_precision_is_refused_at_load_naming_the_supported_ones(backend, message):
+    with pytest.raises(UnsupportedPrecision, match=message):
+        backend().load()
+
+
+class SidecarOnlyRunner:
+    """Stands in for TensorRT's EngineRunner where TensorRT cannot run (no GPU here): it reads the
+    real sidecar the way the runner does and nothing else."""
+
+    def __init__(self, engine_path, device):
+        from export.engines.metadata import read_sidecar
+
+        self.meta, self.build = read_sidecar(engine_path)
+
+
+@pytest.fixture
+def engine_file(tmp_path, monkeypatch):
+    """An engine file with a sidecar written by the same function build_engine uses."""
+    monkeypatch.setattr("service.backends.tensorrt.EngineRunner", SidecarOnlyRunner)
+    net = small_net()
+    net.meta = {"command": "python -m model.training.train --data /secret/camvid", "val": {"mIoU": 61.5}}
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"serialized engine")
+
+    def write(**build):
+        write_sidecar(engine, ExportMetadata.from_model(net, "labels"), profile={}, **build)
+        return str(engine)
+
+    return write
+
+
+@pytest.mark.parametrize("requested", ["auto", "fp16"])
+def test_tensorrt_backend_runs_the_precision_its_engine_was_built_with(engine_file, requested):
+    backend = create_backend(engine_file(precision="fp16"), "auto", "cuda", requested)
+    backend.load()
+    assert backend.precision is Precision.FP16
+    assert backend.provenance == {"file": "m.engine", "sha256": hashlib.sha256(b"serialized engine").hexdigest(), "val_miou": 61.5}
+
+
+def test_tensorrt_backend_refuses_another_precision_than_its_engine(engine_file):
+    with pytest.raises(UnsupportedPrecision, match="tensorrt backend on cuda runs fp16, not fp32.*rebuild"):
+        create_backend(engine_file(precision="fp16"), "auto", "cuda", "fp32").load()
+    with pytest.raises(UnsupportedPrecision, match="does not record the engine's precision"):
+        create_backend(engine_file(), "auto", "cuda", "auto").load()
 
 
 def test_torch_backend_matches_the_model_and_returns_uint8_labels():
@@ -69,15 +182,77 @@ def test_torch_backend_bf16_mostly_agrees_with_fp32():
 
 
 def test_warm_up_covers_main_buckets_at_every_batch_size_on_cuda():
-    settings = Settings(device="cuda", max_batch_size=4)
-    runtime = Runtime(settings, ServiceMetrics(), TorchBackend(net=small_net(), device="cuda"))
-    runtime.policy = InputPolicy((480, 360), (124, 116, 104))
-    tuned, untuned = runtime.warm_up_shapes()
-    assert set(tuned) == {(n, 360, 480) for n in range(1, 5)} | {(n, 480, 360) for n in range(1, 5)}
-    assert {(h, w) for _, h, w in tuned + untuned} == {(h, w) for w, h in runtime.policy.all_buckets()}
-    assert {n for n, _, _ in untuned} == {4}
+    policy = InputPolicy((480, 360), (124, 116, 104))
+    main, rest = policy.warm_up_shapes(4, per_batch_size=True)
+    assert set(main) == {(n, 360, 480) for n in range(1, 5)} | {(n, 480, 360) for n in range(1, 5)}
+    assert {(h, w) for _, h, w in main + rest} == {(h, w) for w, h in policy.all_buckets()}
+    assert {n for n, _, _ in rest} == {4}
+    assert policy.warm_up_shapes(4, per_batch_size=False) == ([(1, 360, 480), (1, 480, 360)], [])
+    # the runtime only decides by device whether shapes are specialised per batch size
+    runtime = Runtime(Settings(device="cuda", max_batch_size=4), ServiceMetrics(), TorchBackend(net=small_net(), device="cuda"))
+    runtime.policy = policy
+    assert runtime.warm_up_shapes() == (main, rest)
     runtime.backend.device = "cpu"
     assert runtime.warm_up_shapes() == ([(1, 360, 480), (1, 480, 360)], [])
+
+
+class GatedBackend(TorchBackend):
+    """The CPU torch backend whose batches, once ``gated``, wait for ``gate`` (signalling
+    ``computing`` first): a batch held in flight for as long as the test needs."""
+
+    def __init__(self, net):
+        super().__init__(net=net)
+        self.gated = False
+        self.computing, self.gate = threading.Event(), threading.Event()
+
+    def infer(self, batch):
+        if self.gated:
+            self.computing.set()
+            self.gate.wait(60)
+        return super().infer(batch)
+
+
+def test_admit_refuses_while_loading_when_full_and_while_draining_and_counts_in_flight():
+    async def admitted(runtime, data):
+        async with runtime.admit():
+            return await runtime.segment(data)
+
+    async def queued(runtime, depth):
+        while metric(runtime.metrics.render().decode(), "deeplab_queue_depth") < depth:
+            await asyncio.sleep(0.01)  # waits on the queue-depth metric, not for a time
+
+    async def scenario():
+        backend = GatedBackend(small_net())
+        settings = Settings(device="cpu", max_batch_size=1, queue_capacity=1, max_queue_delay_ms=0)
+        runtime = Runtime(settings, ServiceMetrics(), backend)
+        with pytest.raises(NotReady, match="loading"):
+            async with runtime.admit():
+                pass
+        await runtime.start()
+        backend.gated = True
+        data = image_bytes(scene(1))
+        first = asyncio.ensure_future(admitted(runtime, data))
+        await asyncio.to_thread(backend.computing.wait, 60)  # the first batch is computing
+        second = asyncio.ensure_future(admitted(runtime, data))
+        await queued(runtime, 1)  # the second waits in the queue, which is now at capacity
+        assert runtime.in_flight == 2
+        with pytest.raises(QueueFull):
+            async with runtime.admit():
+                pass
+        assert runtime.in_flight == 2  # a refused request is never counted
+        runtime.begin_drain()
+        with pytest.raises(NotReady, match="draining"):
+            async with runtime.admit():
+                pass
+        assert not await runtime.wait_idle(0.05)  # two still in flight
+        backend.gate.set()
+        results = await asyncio.gather(first, second)
+        assert await runtime.wait_idle(5) and runtime.in_flight == 0
+        await runtime.stop()
+        return results
+
+    first, second = asyncio.run(scenario())
+    assert np.array_equal(first.labels, second.labels) and first.labels.shape == (48, 64)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU box)")
@@ -95,7 +270,10 @@ def test_cuda_backend_serves_the_optimized_network_with_the_same_labels(cuda_gra
     expected = cpu.infer(images)
     torch.backends.cudnn.allow_tf32 = False
     try:
-        cuda = TorchBackend(net=copy.deepcopy(net), device="cuda", cuda_graphs=cuda_graphs)
+        auto = TorchBackend(net=copy.deepcopy(net), device="cuda")
+        auto.load()
+        assert auto.precision is Precision.FP16  # auto on CUDA
+        cuda = TorchBackend(net=copy.deepcopy(net), device="cuda", precision="fp32", cuda_graphs=cuda_graphs)
         cuda.load()
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in cuda.net.modules())
         cuda.warm_up([(3, *images.shape[1:3])])
@@ -110,12 +288,6 @@ def test_cuda_backend_serves_the_optimized_network_with_the_same_labels(cuda_gra
         assert (cuda.infer_images(staged[:3]) == forward).all()  # staged inputs can be run again (batch retries)
     finally:
         torch.backends.cudnn.allow_tf32 = True
-
-
-def test_fp8_is_refused_clearly_without_a_hopper_gpu():
-    backend = TorchBackend(net=small_net(), precision="fp8")
-    with pytest.raises(ValueError, match="fp8 needs a Hopper"):
-        backend.load()
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and fp8.supported("cuda")), reason="needs a Hopper GPU (run on the GPU box)")

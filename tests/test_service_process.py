@@ -14,24 +14,29 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from helpers import REPO, free_port, image_bytes, labels_of, metric, scene
+from helpers import REPO, free_port, image_bytes, labels_of, scene, wait_for_metric
 
 
-# A real server process whose backend takes 0.5 s per batch of 4, so 16 requests are still
-# queued or running when SIGTERM arrives.
+# A real server process whose backend holds every batch until the test writes a line to its
+# stdin (EOF releases too, so a dying test never leaves it stuck).
 SLOW_SERVER = """
 import sys
+import threading
 sys.path.insert(0, "tests")
 from service.server import serve
 from service.settings import Settings
 from helpers import SlowBackend, small_net
-serve(Settings(), SlowBackend(net=small_net(), delay_s=2.0))
+release = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), release.set()), daemon=True).start()
+serve(Settings(), SlowBackend(net=small_net(), release=release))
 """
 
 
 def start(args: list[str], port: int, **env) -> subprocess.Popen:
     environ = {**os.environ, "DEEPLAB_HOST": "127.0.0.1", "DEEPLAB_PORT": str(port), "DEEPLAB_DEVICE": "cpu", **env}
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, env=environ, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float = 120) -> None:
@@ -74,10 +79,20 @@ def test_python_m_service_serves_the_builtin_model_and_exits_0_on_sigterm(camvid
         stop(proc)
 
 
+def wait_until_draining(url: str, timeout_s: float = 30) -> httpx.Response:
+    """/readyz once it answers 503: the signal handler has run."""
+    deadline = time.monotonic() + timeout_s
+    while (ready := httpx.get(url + "/readyz")).status_code == 200:
+        assert time.monotonic() < deadline, "the server never started draining after SIGTERM"
+        time.sleep(0.01)
+    return ready
+
+
 def test_sigterm_drains_queued_and_running_requests_then_exits_0():
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start(["-c", SLOW_SERVER], port, DEEPLAB_MAX_BATCH_SIZE="4", DEEPLAB_DRAIN_TIMEOUT_S="20", DEEPLAB_LOG_LEVEL="warning")
+    settings = {"DEEPLAB_MAX_BATCH_SIZE": "4", "DEEPLAB_MAX_QUEUE_DELAY_MS": "600000", "DEEPLAB_DRAIN_TIMEOUT_S": "20", "DEEPLAB_LOG_LEVEL": "warning"}
+    proc = start(["-c", SLOW_SERVER], port, **settings)
     try:
         wait_ready(proc, url)
         with ThreadPoolExecutor(16) as pool:
@@ -85,18 +100,15 @@ def test_sigterm_drains_queued_and_running_requests_then_exits_0():
                 pool.submit(httpx.post, url + "/segment", content=image_bytes(scene(i)), headers={"content-type": "image/png"}, timeout=60)
                 for i in range(16)
             ]
-            # all 16 must be in flight at once: each batch of 4 takes 2 s, so the first answers come
-            # long after the last request arrives, even on a loaded 2-core CI machine (at 0.5 s
-            # per batch the 16 could be answered before the last one came in)
-            deadline = time.monotonic() + 30
-            while metric(httpx.get(url + "/metrics").text, "deeplab_inflight_requests") < 17:  # 16 + this scrape
-                assert time.monotonic() < deadline, "requests never arrived"
-                time.sleep(0.02)
+            # a batch leaves the queue only when full (the queue delay is 10 minutes) and is then
+            # held: 12 queued means 4 held + 12 queued, all 16 accepted and none answered
+            wait_for_metric(url, "deeplab_queue_depth", 12, "all 16 requests are accepted")
             sent_at = time.monotonic()
             proc.send_signal(signal.SIGTERM)
-            time.sleep(0.1)
-            ready = httpx.get(url + "/readyz")
+            ready = wait_until_draining(url)
             late = httpx.post(url + "/segment", content=image_bytes(scene(99)), headers={"content-type": "image/png"})
+            proc.stdin.write("release\n")
+            proc.stdin.flush()
             responses = [f.result() for f in futures]
         assert ready.status_code == 503 and ready.json()["detail"] == "service is draining"
         assert late.status_code == 503 and late.json()["error"] == "not_ready"

@@ -39,10 +39,6 @@ class ExportMetadata:
     input_layout: str = "NCHW float32 RGB, (x - mean) / std, x in 0..255"
     provenance: dict = field(default_factory=dict)
 
-    @property
-    def output_dtype(self) -> str:
-        return "int32" if self.output == LABELS else "float32"
-
     def model_config(self):
         """The `model.ModelConfig` to serve with: the named config, with this file's classes,
         palette and normalisation, which describe these weights and win over the table's."""

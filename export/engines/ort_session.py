@@ -2,7 +2,8 @@
 
 Provider choice lives here once: TensorRT, then CUDA, then CPU where the installed onnxruntime has
 them and the caller asked for a GPU; plain `onnxruntime` (CPU only) everywhere else.
-`onnxruntime` is imported on use, so TensorRT-only images need not ship it.
+`onnxruntime` is imported on use, so TensorRT-only images need not ship it, and where it is
+missing the caller gets one line naming the install (`MissingDependency`), not a traceback.
 """
 
 from __future__ import annotations
@@ -11,23 +12,29 @@ from pathlib import Path
 
 import numpy as np
 
+from .dependencies import require
 from .metadata import LABELS
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
+def _onnxruntime():
+    require("running an ONNX graph", "onnxruntime")
+    import onnxruntime
+
+    return onnxruntime
+
+
 def providers_for(device: str) -> list[str]:
     """Providers for "cpu" or "cuda[:N]", best first, restricted to those actually installed."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
+    available = _onnxruntime().get_available_providers()
     wanted = [*_GPU_PROVIDERS, "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
     return [p for p in wanted if p in available]
 
 
 def create_session(model: str | Path | bytes, device: str = "cpu", threads: int | None = None):
     """An `InferenceSession` on `device`; `threads` caps intra-op threads (None = ORT's default)."""
-    import onnxruntime as ort
+    ort = _onnxruntime()
 
     options = ort.SessionOptions()
     if threads:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from model.pipeline.buckets import InputPolicy
 
 _HW = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -56,9 +60,14 @@ class ShapeProfile:
             if lo < 1 or not lo <= mid <= hi:
                 raise ValueError(f"{name}s must satisfy 1 <= min <= opt <= max, got {lo}/{mid}/{hi}")
 
-    @property
-    def fixed_hw(self) -> bool:
-        return self.min_hw == self.opt_hw == self.max_hw
+    @classmethod
+    def covering(cls, policy: InputPolicy, min_batch: int, opt_batch: int, max_batch: int) -> ShapeProfile:
+        """The smallest size range holding every bucket `policy` pads images into, so the engine
+        accepts whatever the server batches; opt is the landscape box, where most images land."""
+        buckets = policy.all_buckets()  # (width, height)
+        heights, widths = [h for _, h in buckets], [w for w, _ in buckets]
+        opt_w, opt_h = policy.full_buckets()[0]
+        return cls(min_batch, opt_batch, max_batch, (min(heights), min(widths)), (opt_h, opt_w), (max(heights), max(widths)))
 
     def shapes(self, channels: int = 3) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """(min, opt, max) NCHW input shapes."""

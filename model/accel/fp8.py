@@ -1,10 +1,9 @@
 """FP8 (e4m3) 3x3 convolutions on Hopper tensor cores, for the convs where cuDNN's fp16 is slowest.
 
-The ASPP's bottleneck (2048 -> 512 channels, 3x3, at 1/8 resolution) is R-50-D8's largest conv:
-6.8-7.2 ms of a 47 ms batch of 8 at 1024x2048 on an H100, at cuDNN's fp16 rate (~700 TFLOP/s).
-PyTorch has no FP8 convolution; here it is one implicit GEMM: 3.83 ms (1290 TFLOP/s, as fast as
-cuBLAS's FP8 GEMM of the same size), plus 0.37 + 0.59 ms to find the scales and quantize, which
-replace the 0.77 ms fp16 concat (`bench.kernel_variants --parts fp8conv`):
+The ASPP's bottleneck (2048 -> 512 channels, 3x3, at 1/8 resolution) is R-50-D8's largest conv.
+PyTorch has no FP8 convolution; here it is one implicit GEMM, as fast as cuBLAS's FP8 GEMM of
+the same size, whose amax and quantize passes replace the ASPP's fp16 concat (timings:
+bench/RESULTS.md, `bench.kernel_variants --parts fp8conv`):
 
 - `image_amax`: max |x| per image (a scale per image, so no image's result depends on its
   batch-mates), over one tensor or the list whose channel concat is the conv's input.
@@ -16,10 +15,10 @@ replace the 0.77 ms fp16 concat (`bench.kernel_variants --parts fp8conv`):
   TMA: 9 x C / 128 steps of an ordinary FP8 GEMM over the padded map. Rows that fall in the
   padding are computed and not stored (2-9% extra work). The epilogue applies the image's and
   the output channel's scale, the bias (and a residual) and ReLU, and writes fp16 channels-last.
-Weights: e4m3 with one scale per output channel. Scales per 128 channels of a pixel would need
-the accumulator rescaled every K step: measured 650-850 against 1270 TFLOP/s.
+Weights: e4m3 with one scale per output channel (scales per 128 input channels would rescale
+the accumulator every K step, which is slower: bench/RESULTS.md).
 The PyTorch reference (`conv3x3_fp8_reference`) computes the same quantized product in fp32;
-the CPU path runs it, the GPU tests compare the kernel with it.
+the CPU path runs it. `tests/test_fp8.py` checks both against a float64 sum over the taps.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .kernels import spread_borders_reference
+from .kernels.borders import spread_borders_reference
 
 try:
     import triton
@@ -73,7 +72,7 @@ def _on_triton(tensors: list[torch.Tensor]) -> bool:
 
 
 if triton is not None:
-    from .kernels import border_class
+    from .kernels.borders import border_class
 
     @triton.jit
     def _image_amax_kernel(x, amax, HW, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -225,9 +224,8 @@ def conv3x3_fp8(
     `model.accel.kernels.spread_borders`, without that full-size map ever being written.
 
     ``promote_every``: None lets the tensor cores accumulate the whole K (Triton's default on
-    sm90; their FP8 accumulator keeps fewer bits than fp32: at the bottleneck's K = 18432, 7e-3
-    of the largest output at worst, 3e-4 of the mean on average); 128 adds into a true fp32
-    accumulator every 128 products (4e-4 worst) but runs 37% slower."""
+    sm90; their FP8 accumulator keeps fewer bits than fp32); 128 adds into a true fp32
+    accumulator every 128 products: more exact, but slower (both measured in bench/RESULTS.md)."""
     if triton is None or not q.is_cuda:
         return conv3x3_fp8_reference(q, amax, weight_q, weight_scale, bias, dilation, residual, relu)
     from triton.tools.tensor_descriptor import TensorDescriptor

@@ -76,6 +76,18 @@ class InputPolicy:
                         found.add(self.bucket_for(tuple(size)))
         return sorted(found)
 
+    def warm_up_shapes(self, max_batch_size: int, per_batch_size: bool) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        """``(main, rest)`` batch shapes ``(n, height, width)`` to run before serving. For an engine
+        that specialises per shape (``per_batch_size``): the full buckets at every batch size
+        1..max, every other bucket at the max only (rare shapes must not stretch start-up).
+        Otherwise one single-image batch per full bucket pays the one-time initialisation."""
+        main = self.full_buckets()
+        if not per_batch_size:
+            return [(1, h, w) for w, h in main], []
+        sizes = range(1, max_batch_size + 1)
+        rest = [(max_batch_size, h, w) for w, h in self.all_buckets() if (w, h) not in main]
+        return [(n, h, w) for w, h in main for n in sizes], rest
+
     def prepare(self, rgb: np.ndarray) -> Prepared:
         height, width = rgb.shape[:2]
         resized = rescale_size((width, height), self.test_scale)

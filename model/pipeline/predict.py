@@ -14,21 +14,22 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import load_model
+from ..cli import argument_parser
 from .decode import load_image
 from .inference import PRECISIONS, Segmenter
 from .render import encode_label_png, encode_overlay_jpeg
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m model.pipeline.predict", description=__doc__)
-    p.add_argument("images", nargs="+", type=Path)
+    p = argument_parser("python -m model.pipeline.predict", __doc__)
+    p.add_argument("images", nargs="+", type=Path, help="image files to segment")
     p.add_argument("--model", default=None, help="config name or checkpoint path (default: built-in CamVid model)")
     p.add_argument("--config", default=None, help="config name, when the checkpoint's cannot be inferred")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="folder for the label PNGs (created if missing)")
     p.add_argument("--overlay", action="store_true", help="also write a colour overlay JPEG")
     p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default="fp32", choices=[p.value for p in PRECISIONS])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--precision", default="fp32", choices=[p.value for p in PRECISIONS], help="inference precision")
     return p.parse_args(argv)
 
 

@@ -7,7 +7,6 @@ flip), at each image's original size, against labels read as mmseg reads them
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -16,8 +15,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..checkpoint import load_model
-from .data import SegDataset, open_dataset, read_label
-from ..pipeline.inference import Segmenter
+from ..cli import argument_parser
+from .data import LAYOUTS, SegDataset, open_dataset, read_label
+from ..pipeline.inference import PRECISIONS, Segmenter
 from .metrics import IoUAccumulator, SegMetrics
 from ..pipeline.decode import load_image
 
@@ -41,17 +41,17 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, batch: int = 4, progress
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m model.training.evaluate", description=__doc__.splitlines()[0])
-    ap.add_argument("model", nargs="?", default=None, help="checkpoint file or zoo config name; default: the built-in model")
+    ap = argument_parser("python -m model.training.evaluate", __doc__.splitlines()[0])
+    ap.add_argument("model", nargs="?", default=None, help="checkpoint file or zoo config name (default: the built-in model)")
     ap.add_argument("--data", required=True, help="dataset root (any layout of model.training.data.LAYOUTS)")
-    ap.add_argument("--split", default="val")
-    ap.add_argument("--layout", default=None, help="dataset layout; detected from the folder by default")
+    ap.add_argument("--split", default="val", help="dataset split to evaluate")
+    ap.add_argument("--layout", default=None, choices=sorted(LAYOUTS), help="dataset layout (default: detected from the folder)")
     ap.add_argument("--config", default=None, help="config name, for checkpoints that do not record one")
     ap.add_argument("--tta", action="store_true", help="multi-scale (0.5..1.75) + flip, as mmseg's TTA")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--limit", type=int, default=None, help="first N images only")
+    ap.add_argument("--device", default="cpu", help="torch device")
+    ap.add_argument("--precision", default="fp32", choices=[p.value for p in PRECISIONS], help="inference precision")
+    ap.add_argument("--batch", type=int, default=4, help="images per forward pass")
+    ap.add_argument("--limit", type=int, default=None, help="first N images only (default: all)")
     ap.add_argument("--json", type=Path, default=None, help="also write the metrics here")
     args = ap.parse_args(argv)
 

@@ -77,10 +77,6 @@ class IoUAccumulator:
         parts = intersect_and_union(pred, label, self.num_classes, self.ignore_index)
         self.areas += torch.stack(parts).cpu().double()
 
-    def merge(self, other_areas: torch.Tensor) -> None:
-        """Add another process's areas (distributed evaluation)."""
-        self.areas += other_areas.cpu().double()
-
     def compute(self) -> SegMetrics:
         hit, union, _, label = self.areas.numpy()
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -29,8 +29,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from ..checkpoint import load_model, load_state, save_checkpoint
+from ..cli import argument_parser
 from ..configs import ModelConfig, get_config
-from .data import TrainBatches, TrainPipeline, open_dataset
+from .data import LAYOUTS, TrainBatches, TrainPipeline, open_dataset
 from .data.statistics import class_pixel_counts
 from .evaluate import dataset_for, evaluate
 from ..pipeline.inference import Segmenter
@@ -59,40 +60,40 @@ class TrainForward(nn.Module):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m model.training.train", description=__doc__.splitlines()[0])
+    ap = argument_parser("python -m model.training.train", __doc__.splitlines()[0])
     ap.add_argument("config", help="config name (see `python -m model list`)")
     ap.add_argument("--data", required=True, help="dataset root (layout detected, see model.training.data.LAYOUTS)")
-    ap.add_argument("--layout", default=None)
-    ap.add_argument("--train-split", default="train")
+    ap.add_argument("--layout", default=None, choices=sorted(LAYOUTS), help="dataset layout (default: detected)")
+    ap.add_argument("--train-split", default="train", help="split to train on")
     ap.add_argument("--val-data", default=None, help="validation root (default: --data); 'none' to skip")
-    ap.add_argument("--val-split", default="val")
-    ap.add_argument("--work-dir", type=Path, default=None, help="default work_dirs/CONFIG")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--iters", type=int, default=None, help="default: the config's")
-    ap.add_argument("--batch", type=int, default=None, help="per process; default: the config's batch per GPU")
+    ap.add_argument("--val-split", default="val", help="split to validate on")
+    ap.add_argument("--work-dir", type=Path, default=None, help="checkpoints and logs (default: work_dirs/CONFIG)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    ap.add_argument("--iters", type=int, default=None, help="iterations (default: the config's)")
+    ap.add_argument("--batch", type=int, default=None, help="per process (default: the config's batch per GPU)")
     ap.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="default: the config's")
-    ap.add_argument("--scale", type=int, nargs=2, default=None, metavar=("W", "H"), help="RandomResize base scale")
-    ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--min-lr", type=float, default=1e-4)
-    ap.add_argument("--power", type=float, default=0.9)
-    ap.add_argument("--momentum", type=float, default=0.9)
-    ap.add_argument("--weight-decay", type=float, default=5e-4)
+    ap.add_argument("--scale", type=int, nargs=2, default=None, metavar=("W", "H"), help="RandomResize base scale (default: the config's)")
+    ap.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
+    ap.add_argument("--min-lr", type=float, default=1e-4, help="learning rate at the last iteration")
+    ap.add_argument("--power", type=float, default=0.9, help="poly decay power")
+    ap.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    ap.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
     ap.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None, help="default: fp16 for -amp configs, else none")
-    ap.add_argument("--aux-weight", type=float, default=0.4)
+    ap.add_argument("--aux-weight", type=float, default=0.4, help="auxiliary head loss weight")
     ap.add_argument("--ohem-min-kept", type=int, default=None, help="default: the config's (MG124 rows: 100000)")
-    ap.add_argument("--ohem-thresh", type=float, default=None)
-    ap.add_argument("--class-weight", choices=("none", "median-freq"), default="none")
+    ap.add_argument("--ohem-thresh", type=float, default=None, help="OHEM probability threshold (default: none, keep the min-kept hardest pixels)")
+    ap.add_argument("--class-weight", choices=("none", "median-freq"), default="none", help="loss class weights")
     ap.add_argument("--ema", type=float, default=None, metavar="DECAY", help="evaluate/export an EMA of the weights")
-    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     ap.add_argument("--compile", action="store_true", help="torch.compile the training forward")
     ap.add_argument("--workers", type=int, default=0, help="0: keep the dataset on the device; N: stream from disk")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed for weights init, data order and augmentation")
     ap.add_argument("--load-from", default=None, help="initial weights (checkpoint or zoo name); mismatched keys skipped")
     ap.add_argument("--resume", nargs="?", const="auto", default=None, help="a run state file; bare: the newest in WORK_DIR")
-    ap.add_argument("--ckpt-interval", type=int, default=2000)
+    ap.add_argument("--ckpt-interval", type=int, default=2000, help="iterations between run states")
     ap.add_argument("--keep-ckpts", type=int, default=2, help="run states kept in WORK_DIR (newest)")
-    ap.add_argument("--val-interval", type=int, default=2000)
-    ap.add_argument("--log-interval", type=int, default=50)
+    ap.add_argument("--val-interval", type=int, default=2000, help="iterations between validations")
+    ap.add_argument("--log-interval", type=int, default=50, help="iterations between log lines")
     ap.add_argument("--max-minutes", type=float, default=None, help="save and stop after this much wall time (checked every --log-interval iterations)")
     return ap.parse_args(argv)
 

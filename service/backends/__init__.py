@@ -1,63 +1,51 @@
 """Backend registry and selection: ``--backend`` wins, else the model file's extension decides.
 
-Backend classes are imported lazily by dotted path so that an image built for one engine
-(e.g. TensorRT only) never needs the others' packages installed.
+Each backend class declares its name, the file extensions it serves and the options it accepts;
+the registry and the settings' choices are derived from these classes. The engine packages
+themselves (onnxruntime, tensorrt) are imported only when a backend loads, so an image built for
+one engine never needs the others installed.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
-from service.backends.base import Backend
+from service.backends.base import AUTO, Backend
+from service.backends.onnxruntime import OnnxRuntimeBackend
+from service.backends.pytorch import TorchBackend
+from service.backends.tensorrt import TensorRTBackend
 
-BACKENDS = {
-    "torch": "service.backends.pytorch:TorchBackend",
-    "onnxruntime": "service.backends.onnxruntime:OnnxRuntimeBackend",
-    "tensorrt": "service.backends.tensorrt:TensorRTBackend",
-}
+BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (TorchBackend, OnnxRuntimeBackend, TensorRTBackend)}
+#: for config names, the built-in model and unknown suffixes
+DEFAULT_BACKEND = TorchBackend.name
 
-_BY_EXTENSION = {
-    ".pth": "torch",
-    ".pt": "torch",
-    ".safetensors": "torch",
-    ".onnx": "onnxruntime",
-    ".engine": "tensorrt",
-    ".plan": "tensorrt",
-}
+_BY_EXTENSION = {ext: cls.name for cls in BACKENDS.values() for ext in cls.extensions}
 
 
 def default_device() -> str:
-    """``cuda`` when a GPU is visible, else ``cpu``; torch is imported lazily (ORT/TRT images)."""
-    try:
-        import torch
-    except ImportError:
-        return "cpu"
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_backend_name(model: str | None, backend: str = "auto") -> str:
+def resolve_backend_name(model: str | None, backend: str = AUTO) -> str:
     """``backend`` unless it is ``auto``; then from the model's file extension (config names and
     the built-in default model -> torch)."""
-    if backend != "auto":
+    if backend != AUTO:
         return backend
     if model is None:
-        return "torch"
-    suffix = Path(model).suffix.lower()
-    return _BY_EXTENSION.get(suffix, "torch")
+        return DEFAULT_BACKEND
+    return _BY_EXTENSION.get(Path(model).suffix.lower(), DEFAULT_BACKEND)
 
 
 def create_backend(
-    model: str | None, backend: str, device: str, precision: str, cuda_graphs: bool = True
+    model: str | None, backend: str = AUTO, device: str = "cpu", precision: str = AUTO, **options
 ) -> Backend:
-    """The backend for ``model``; ``cuda_graphs`` is the torch backend's option."""
+    """The backend for ``model``; of ``options`` each backend takes those it declares."""
     name = resolve_backend_name(model, backend)
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
-    module_name, class_name = BACKENDS[name].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RuntimeError(f"backend {name!r} is not available here: {exc}") from exc
-    options = {"cuda_graphs": cuda_graphs} if name == "torch" else {}
-    return getattr(module, class_name)(model, device=device, precision=precision, **options)
+    cls = BACKENDS[name]
+    accepted = {key: value for key, value in options.items() if key in cls.options}
+    return cls(model, device=device, precision=precision, **accepted)

@@ -6,8 +6,9 @@ backend, so each engine can do them where it is fastest (e.g. on the GPU, copyin
 uint8 labels), and the service stays engine-agnostic. Backends are called from at most
 ``concurrent_batches`` inference threads at a time (1 unless the backend says otherwise).
 
-To add an engine (ONNX Runtime, TensorRT): subclass ``Backend``, implement ``load`` and ``infer``,
-and register the class path in ``service.backends.BACKENDS``.
+To add an engine: subclass ``Backend`` (``name``, ``extensions``, ``load``, ``infer``) and add the
+class to ``service.backends.BACKENDS``. Import the engine's own package inside ``load`` so that an
+image without it can still import the registry.
 """
 
 from __future__ import annotations
@@ -18,22 +19,46 @@ from typing import Any
 
 import numpy as np
 
+from model.precision import Precision, UnsupportedPrecision
+
+#: the precision setting that lets each backend pick the best it runs on its device
+AUTO = "auto"
+
 
 class Backend(abc.ABC):
     #: registry name, shown in /v1/models and the ``deeplab_model_info`` metric
     name: str = "base"
+    #: model file suffixes (lower case) this backend is chosen for when the backend setting is auto
+    extensions: tuple[str, ...] = ()
+    #: keyword options of ``__init__`` beyond model/device/precision that settings may pass
+    options: tuple[str, ...] = ()
     #: how many batches the batcher may hand over at once, from that many threads (set by ``load``)
     concurrent_batches: int = 1
 
-    def __init__(self, model: str | None, device: str = "cpu", precision: str = "fp32"):
+    def __init__(self, model: str | None, device: str = "cpu", precision: str = AUTO):
         self.model = model
         self.device = device
-        self.precision = precision
+        self.requested_precision = precision
+        #: what the engine really computes in, set by ``load`` (``resolve_precision``)
+        self.precision: Precision | None = None
+        #: safe facts about the weights' origin for /v1/models, set by ``load``
+        self.provenance: dict = {}
+
+    def resolve_precision(self, supported: tuple[Precision, ...], best: Precision, note: str = "") -> Precision:
+        """The precision to run: ``best`` for ``auto``, else the requested one if this engine on
+        this device runs it; otherwise ``UnsupportedPrecision`` naming the supported ones."""
+        if self.requested_precision == AUTO:
+            return best
+        try:
+            return Precision.parse(self.requested_precision, supported, f"the {self.name} backend on {self.device}")
+        except UnsupportedPrecision as exc:
+            raise UnsupportedPrecision(f"{exc}{note}") from None
 
     @abc.abstractmethod
     def load(self):
-        """Load the model onto ``device``, set ``self.config`` to the ``model.ModelConfig`` it
-        serves (classes, palette, test scale, mean/std, zoo entry) and return it."""
+        """Load the model onto ``device``, set ``self.precision`` and ``self.config`` (the
+        ``model.ModelConfig`` it serves: classes, palette, test scale, mean/std, zoo entry) and
+        return the config."""
 
     @abc.abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -57,5 +82,5 @@ class Backend(abc.ABC):
             self.infer(np.zeros((n, height, width, 3), np.uint8))
 
     def describe(self) -> dict:
-        """Extra facts for /v1/models (provenance, engine versions)."""
+        """Extra facts for /v1/models (engine versions, engine-specific settings)."""
         return {}

@@ -3,7 +3,8 @@
 The file's own metadata (config, classes, palette, normalisation, logits vs labels output) makes
 it self-describing, so no checkpoint is needed. Normalisation reuses `model.pipeline.normalize.normalize`
 so the graph sees exactly the torch backend's input. Providers: TensorRT, CUDA, then CPU where
-installed and a GPU device was asked for (see `export.engines.ort_session`).
+installed and a GPU device was asked for (see `export.engines.ort_session`). The graph computes in
+the fp32 it was exported in, so that is the only precision this backend offers.
 """
 
 from __future__ import annotations
@@ -14,22 +15,23 @@ import torch
 from export.engines.metadata import read_onnx
 from export.engines.ort_session import create_session, labels_of
 from model.pipeline.normalize import normalize
+from model.precision import Precision
 from service.backends.base import Backend
+from service.backends.provenance import weights_provenance
 
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    extensions = (".onnx",)
 
     def load(self):
         if self.model is None or not str(self.model).endswith(".onnx"):
             raise ValueError(f"the onnxruntime backend serves .onnx files, got {self.model!r}")
-        if self.precision != "fp32":
-            raise ValueError(
-                f"the onnxruntime backend runs the graph's own fp32 precision, not {self.precision}; "
-                "use the tensorrt backend for fp16"
-            )
+        fp32 = (Precision.FP32,)
+        self.precision = self.resolve_precision(fp32, Precision.FP32, "; build a TensorRT engine for fp16")
         self.meta = read_onnx(self.model)
         self.config = self.meta.model_config()
+        self.provenance = weights_provenance(self.model, self.meta.provenance)
         self.session = create_session(self.model, self.device)
         graph_input = self.session.get_inputs()[0]
         self._input = graph_input.name
@@ -59,5 +61,4 @@ class OnnxRuntimeBackend(Backend):
             "onnxruntime": onnxruntime.__version__,
             "providers": self.session.get_providers(),
             "output": self.meta.output,
-            "meta": self.meta.provenance,
         }

@@ -1,8 +1,8 @@
 """PyTorch backend (CPU and CUDA): the reference engine, and the default for .pth/config names.
 
 Speed choices, each cheap and safe for a conv net in eval mode: the weights are cast once to the
-requested precision (fp16/bf16 halve memory traffic on tensor-core GPUs; fp8 is fp16 with the
-largest conv in e4m3 on Hopper GPUs), activations use
+precision (``auto``: fp16 on CUDA, where it halves memory traffic on tensor cores, fp32 on CPU;
+bf16 on request; fp8 is fp16 with the largest conv in e4m3, Hopper GPUs only), activations use
 channels_last (what cuDNN's fastest conv kernels want), cudnn.benchmark picks kernels per input
 shape (our shapes are a few fixed buckets, warmed up at start), and the upload is uint8 with
 normalisation and argmax on the device, so only 1 byte per pixel crosses PCIe each way.
@@ -23,22 +23,31 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from model import load_model
+from model import DEFAULT_MODEL, load_model
 from model.accel import fp8
-from model.accel.fast import normalizer, optimize_for_inference, use_fp8, whole_image_labels
-from model.pipeline.inference import slide_logits
-from service.backends.base import Backend
 from model.accel.cuda_graphs import ShapeGraphs
+from model.accel.fast import (
+    normalizer,
+    optimize_for_inference,
+    use_fp8,
+    whole_image_labels,
+)
+from model.checkpoint import DEFAULT_WEIGHTS
+from model.pipeline.inference import slide_logits
+from model.precision import Precision
+from service.backends.base import AUTO, Backend
+from service.backends.provenance import weights_provenance
 
-# fp8: fp16 activations, and the ASPP's bottleneck conv in e4m3 (`model.accel.fast.use_fp8`)
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float16}
+_ALWAYS = (Precision.FP32, Precision.FP16, Precision.BF16)
 
 
 class TorchBackend(Backend):
     name = "torch"
+    extensions = (".pth", ".pt", ".safetensors")
+    options = ("cuda_graphs",)
 
     def __init__(
-        self, model=None, device="cpu", precision="fp32", net: torch.nn.Module | None = None,
+        self, model=None, device="cpu", precision=AUTO, net: torch.nn.Module | None = None,
         cuda_graphs: bool = True,
     ):  # fmt: skip
         """``net``: an already built network to serve instead of loading ``model``."""
@@ -47,19 +56,33 @@ class TorchBackend(Backend):
         self.cuda_graphs = cuda_graphs
         self._graphs: ShapeGraphs | None = None
 
+    def _resolve_precision(self) -> Precision:
+        on_cuda = self._device.type == "cuda"
+        supported = _ALWAYS + ((Precision.FP8,) if fp8.supported(self._device) else ())
+        note = "" if Precision.FP8 in supported else " (fp8 needs a Hopper or newer GPU, sm90+, and Triton)"
+        return self.resolve_precision(supported, Precision.FP16 if on_cuda else Precision.FP32, note)
+
+    def _weights_file(self):
+        """The checkpoint file being served, for provenance (an injected net has none; a zoo config
+        name is no local file and gets none either)."""
+        if self.net is not None:
+            return None
+        return DEFAULT_WEIGHTS if self.model in (None, DEFAULT_MODEL) else self.model
+
     def load(self):
         self._device = torch.device(self.device)
-        self._dtype = _DTYPES[self.precision]
-        if self.precision == "fp8" and not fp8.supported(self._device):
-            raise ValueError(f"precision fp8 needs a Hopper or newer GPU (sm90+) and Triton; {self.device} has none")
+        self.precision = self._resolve_precision()
+        self._dtype = self.precision.dtype
+        weights_file = self._weights_file()
         if self.net is None:
             self.net = load_model(self.model, device=str(self._device))
         self.config = self.net.config
+        self.provenance = weights_provenance(weights_file, getattr(self.net, "meta", {}))
         if self._device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             self.net = optimize_for_inference(self.net.to(self._device))
         self.net = self.net.to(self._device, self._dtype, memory_format=torch.channels_last).eval()
-        if self.precision == "fp8":
+        if self.precision is Precision.FP8:
             self.net = use_fp8(self.net)
         self._normalize = normalizer(self.config, self._device, self._dtype, self.net.input_channels)
         if self._device.type == "cuda" and self.cuda_graphs and self.config.inference == "whole":
@@ -107,5 +130,4 @@ class TorchBackend(Backend):
         return {
             "torch": torch.__version__,
             "cuda_graphs": None if self._graphs is None else len(self._graphs.shapes),
-            "meta": getattr(self.net, "meta", {}),
         }
