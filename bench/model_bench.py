@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.precision import Precision
 from service.backends import create_backend, default_device, resolve_backend_name
 from model.pipeline.buckets import InputPolicy
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", help="config name / .pth / .onnx / .engine (default: the built-in model)")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--precision", default="auto", choices=["auto", *(p.value for p in Precision)], help="auto: what the backend runs best here")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls per batch size")
     ap.add_argument("--min-iters", type=int, default=3)
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = args.device or default_device()
     backend = create_backend(args.model, args.backend, device, args.precision)
     cfg = backend.load()
+    precision = backend.precision.value  # what the engine really runs (auto resolved)
     policy = InputPolicy.for_config(cfg)
     w, h = policy.full_buckets()[0]
     rows = []
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": device,
         "config": cfg.name,
         "backend": resolve_backend_name(args.model, args.backend),
-        "precision": args.precision,
+        "precision": precision,
         "input_wh": [w, h],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
@@ -130,11 +132,11 @@ def main(argv: list[str] | None = None) -> dict:
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "rows": rows,
     }
-    print(f"\n{hw}: {cfg.name}, {result['backend']} {args.precision} on {device}, {w}x{h} uint8 in -> labels out")
+    print(f"\n{hw}: {cfg.name}, {result['backend']} {precision} on {device}, {w}x{h} uint8 in -> labels out")
     print("| batch | images/s | ms/batch |\n|--:|--:|--:|")
     for r in rows:
         print(f"| {r['batch_size']} | {r['images_per_s']:.2f} | {r['ms_per_batch_median']:.1f} |")
-    out = args.out or RESULTS / f"model_bench_{slug(hw if device.startswith('cuda') else 'cpu')}_{result['backend']}_{args.precision}.json"
+    out = args.out or RESULTS / f"model_bench_{slug(hw if device.startswith('cuda') else 'cpu')}_{result['backend']}_{precision}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from service.settings import Settings, choices_of, default_text
-from service.version import package_version
+from model.version import package_version
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ from service.metrics import ServiceMetrics
 from service.middleware import RequestMiddleware
 from service.runtime import Runtime
 from service.settings import Settings
-from service.version import package_version
+from model.version import package_version
 
 log = logging.getLogger("service")
 

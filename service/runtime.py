@@ -56,7 +56,7 @@ class Runtime:
     def warm_up_shapes(self) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
         """``(tuned, untuned)`` batch shapes to warm up. On CUDA, kernels and graphs are specialised
         per shape, so every batch size of the main buckets is warmed with cuDNN's per-shape tuning
-        (~1 s each) and the rare buckets without it (~0.1 s each, within a few per cent of tuned)."""
+        (slow) and the rare buckets without it (fast, and nearly as quick to run: bench/RESULTS.md)."""
         on_cuda = str(self.backend.device).startswith("cuda")
         return self.policy.warm_up_shapes(self.settings.max_batch_size, per_batch_size=on_cuda)
 

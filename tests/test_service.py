@@ -36,7 +36,7 @@ from model import DEFAULT_MODEL, get_config, save_checkpoint
 from model.pipeline import Segmenter
 from service.backends.pytorch import TorchBackend
 from service.settings import Settings, markdown_table
-from service.version import package_version
+from model.version import package_version
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from torch import nn
 from ..configs import ModelConfig
 from ..heads import resize
 from ..network import DeepLabV3Plus
+from ..resnet import ResNet
 from .backbone import FastResNet
 from .fp8 import K_STEP
 from .head import FastASPPHead
@@ -35,6 +36,10 @@ __all__ = [
 ]  # fmt: skip
 
 
+#: each reference encoder's fused counterpart: a new backbone adds its pair here
+FAST_ENCODERS: dict[type[nn.Module], Callable[[nn.Module], nn.Module]] = {ResNet: FastResNet}
+
+
 class FastDeepLabV3Plus(nn.Module):
     """`DeepLabV3Plus`'s eval-mode `forward` and `decode` (no auxiliary head, no dropout), taking
     `input_channels` channels: the image's 3, then zeros (`normalizer(..., channels=8)` writes them)."""
@@ -45,7 +50,10 @@ class FastDeepLabV3Plus(nn.Module):
         super().__init__()
         self.config = net.config
         self.meta = copy.deepcopy(net.meta)
-        self.backbone = FastResNet(net.backbone)
+        fast_encoder = FAST_ENCODERS.get(type(net.backbone))
+        if fast_encoder is None:
+            raise TypeError(f"no fast counterpart for the {type(net.backbone).__name__} encoder: add one to FAST_ENCODERS")
+        self.backbone = fast_encoder(net.backbone)
         self.decode_head = FastASPPHead(net.decode_head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,9 @@ bench/RESULTS.md, `bench.kernel_variants --parts fp8conv`):
 - `conv3x3_fp8`: flattened, padded pixel ``p``'s tap (ty, tx) is pixel
   ``p + (ty * Wp + tx) * dilation``, so each tap's A tile is a plain block of rows, loaded by
   TMA: 9 x C / 128 steps of an ordinary FP8 GEMM over the padded map. Rows that fall in the
-  padding are computed and not stored (2-9% extra work). The epilogue applies the image's and
-  the output channel's scale, the bias (and a residual) and ReLU, and writes fp16 channels-last.
+  padding are computed and not stored (for a 128 x 256 map, 2.4% extra work at dilation 1, 9.6%
+  at dilation 4). The epilogue applies the image's and the output channel's scale, the bias (and
+  a residual) and ReLU, and writes fp16 channels-last.
 Weights: e4m3 with one scale per output channel (scales per 128 input channels would rescale
 the accumulator every K step, which is slower: bench/RESULTS.md).
 The PyTorch reference (`conv3x3_fp8_reference`) computes the same quantized product in fp32;

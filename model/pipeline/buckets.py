@@ -96,8 +96,8 @@ class InputPolicy:
         bucket = self.bucket_for(resized)
         pixels = np.empty((bucket[1], bucket[0], 3), np.uint8)
         pixels[: resized[1], : resized[0]] = resize_image(rgb, resized)
-        # pad only the margins: broadcasting the colour over the whole bucket first cost 22 ms
-        # per 2048x1024 image (bench/serving_cpu.py), most of the CPU time besides decoding
+        # pad only the margins: filling the whole bucket first was most of the CPU time besides
+        # decoding (bench/RESULTS.md)
         pixels[: resized[1], resized[0] :] = self.pad_rgb
         pixels[resized[1] :] = self.pad_rgb
         return Prepared(pixels, bucket, resized, (width, height))

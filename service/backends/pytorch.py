@@ -11,9 +11,8 @@ conv + bias + residual + ReLU, Triton depthwise and resize kernels) and whole-im
 ends in the fused upsample + argmax kernel, which never writes full-resolution logits. With
 `cuda_graphs` (the default on CUDA) every warmed-up batch shape is captured once and replayed
 (`model.accel.cuda_graphs`), each image is uploaded by `stage` as soon as it is decoded,
-and two batches may be in flight. (`torch.compile` of the rewritten network measured at most 4%
-faster, for R-18 only, before CUDA graphs, and its dynamic-shape graphs break on the Triton
-kernels' float arguments, so it is not offered.)
+and two batches may be in flight. (`torch.compile` is not offered: its dynamic-shape graphs break
+on the Triton kernels' float arguments, for little gain: bench/RESULTS.md.)
 """
 
 from __future__ import annotations
