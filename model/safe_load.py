@@ -19,6 +19,7 @@ BENIGN_PACKAGES = ("numpy", "mmengine", "mmcv", "mmseg", "_codecs")
 # numpy 2 pickles dtypes through `getattr`; it too only ever gets a placeholder, never the builtin.
 BENIGN_GLOBALS = ("builtins.getattr",)
 _UNSUPPORTED = re.compile(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)")
+_UNPICKLER_REASON = re.compile(r"WeightsUnpickler error:(.*?)(?:Check the documentation of torch\.load|$)", re.S)
 _MAX_PLACEHOLDERS = 64
 
 
@@ -65,15 +66,25 @@ def read_checkpoint(path: str | Path) -> object:
             if name is not None and "." not in name:
                 name = "builtins." + name  # torch names builtins without their module
             if name is None:
-                raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from None
+                raise CheckpointError(f"{path} is not a readable checkpoint: {torch_refusal_reason(exc)}") from None
             if name.split(".")[0] not in BENIGN_PACKAGES and name not in BENIGN_GLOBALS:
                 raise UnsafeCheckpointError(
                     f"refusing to load {path}: it references {name}, which could run code when unpickled"
                 ) from None
             placeholders.append((_placeholder_for(name), name))
         except Exception as exc:  # a corrupt stream fails in many ways (KeyError, EOFError, ...)
-            raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file): {exc}") from None
+            raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file): {torch_refusal_reason(exc)}") from None
     raise UnsafeCheckpointError(f"refusing to load {path}: too many non-tensor objects")
+
+
+def torch_refusal_reason(exc: Exception) -> str:
+    """torch's refusal without its advice to re-run with ``weights_only=False``: that would run
+    whatever code the file carries, the very thing this module exists to prevent."""
+    text = str(exc)
+    if m := _UNPICKLER_REASON.search(text):
+        return " ".join(m.group(1).split())
+    sentences = re.split(r"(?<=\.)\s+", text)
+    return " ".join(s for s in sentences if "weights_only" not in s).strip()
 
 
 def _unsupported_global(exc: Exception) -> str | None:

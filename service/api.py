@@ -3,26 +3,32 @@
 The image arrives as multipart field ``image`` or as a raw ``image/*`` body; the body is counted
 while it streams in, so an oversized upload gets 413 without being buffered. Every failure is a
 ``service.errors`` exception rendered as ``{"error", "detail"}`` JSON by ``app``'s handlers. A client
-that disconnects while its image is still queued is dropped before inference (logged as 499).
+that disconnects during its upload, or while its image is still queued, is dropped before inference
+(logged as 499 in one access-log line, no traceback).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from model.pipeline import render
 from service.errors import BadRequest, UnsupportedMediaType, UploadTooLarge
+from service.admission import Reservation
 from service.runtime import Runtime, Segmentation
 
 router = APIRouter()
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client gone before its answer: not a server fault
 
 
 class ErrorBody(BaseModel):
@@ -87,11 +93,11 @@ _SEGMENT_RESPONSES = {
         "model": SegmentJSON,
     },
     400: {"model": ErrorBody, "description": "empty body, corrupt or truncated image, bad multipart"},
-    413: {"model": ErrorBody, "description": "upload over max_upload_bytes, or image over max_image_pixels"},
+    413: {"model": ErrorBody, "description": "upload over max_upload_bytes, image over max_image_pixels, or its estimated memory over the whole budget"},
     415: {"model": ErrorBody, "description": "not an image, unsupported format or content type"},
     422: {"model": ErrorBody, "description": "bad query parameter or impossible image dimensions"},
-    429: {"model": ErrorBody, "description": "queue full; see Retry-After"},
-    503: {"model": ErrorBody, "description": "loading or draining"},
+    429: {"model": ErrorBody, "description": "queue full (images or model input pixels); see Retry-After"},
+    503: {"model": ErrorBody, "description": "loading or draining, or the memory budget is busy; see Retry-After"},
     504: {"model": ErrorBody, "description": "queued longer than request_timeout_s"},
 }
 
@@ -141,8 +147,10 @@ async def _until_disconnected(request: Request) -> None:
         pass
 
 
-async def _segment_unless_disconnected(request: Request, runtime: Runtime, data: bytes) -> Segmentation | None:
-    work = asyncio.ensure_future(runtime.segment(data))
+async def _segment_unless_disconnected(
+    request: Request, runtime: Runtime, data: bytes, reservation: Reservation, keep_rgb: bool
+) -> Segmentation | None:
+    work = asyncio.ensure_future(runtime.segment(data, reservation, keep_rgb))
     gone = asyncio.ensure_future(_until_disconnected(request))
     await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
     if work.done():
@@ -170,11 +178,45 @@ async def segment(
     runtime = runtime_of(request)
     started = time.perf_counter()
     async with runtime.admit():  # 503 / 429 before the upload is read
-        data = await read_image(request, runtime.settings.max_upload_bytes)
-        result = await _segment_unless_disconnected(request, runtime, data)
-        if result is None:
-            return Response(status_code=499)
-        return await _render(runtime, result, format, mask, started)
+        try:
+            data = await read_image(request, runtime.settings.max_upload_bytes)
+        except ClientDisconnect:  # gone mid-upload: the access log's one line, nothing computed
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        # 413 / 429 / 503 from the image header, before decoding; held until the body is sent
+        reservation = runtime.reserve(data, format, mask == "rle")
+        try:
+            result = await _segment_unless_disconnected(request, runtime, data, reservation, format == "overlay")
+            response = Response(status_code=CLIENT_CLOSED_REQUEST) if result is None else await _render(runtime, result, format, mask, started)
+        except BaseException:
+            reservation.release()
+            raise
+        return _ReleasedWhenSent(response, reservation)
+
+
+class _ReleasedWhenSent(Response):
+    """Sends ``response``, then releases the request's memory reservation: the encoded body (or
+    the label map a raw response streams from) lives until it is sent, whether or not the client
+    stays to receive it."""
+
+    def __init__(self, response: Response, reservation: Reservation):
+        self.response, self.reservation = response, reservation
+        self.status_code, self.background = response.status_code, None
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await self.response(scope, receive, send)
+        finally:
+            self.reservation.release()
+
+
+RAW_CHUNK_BYTES = 1 << 20
+
+
+async def _label_bytes(labels) -> AsyncIterator[bytes]:
+    """The label map's bytes a chunk at a time: no second full-size copy for ``format=raw``."""
+    flat = memoryview(labels.reshape(-1))
+    for start in range(0, len(flat), RAW_CHUNK_BYTES):
+        yield bytes(flat[start : start + RAW_CHUNK_BYTES])
 
 
 def _json_body(cfg, result: Segmentation, mask: str, started: float) -> dict:
@@ -202,8 +244,8 @@ async def _render(runtime: Runtime, result: Segmentation, fmt: str, mask: str, s
         response = Response(await runtime.encode(render.encode_label_png, result.labels, palette), media_type="image/png")
     elif fmt == "raw":
         labels = result.labels
-        response = Response(labels.tobytes(), media_type="application/octet-stream")
-        response.headers.update({"X-Height": str(labels.shape[0]), "X-Width": str(labels.shape[1])})
+        response = StreamingResponse(_label_bytes(labels), media_type="application/octet-stream")
+        response.headers.update({"Content-Length": str(labels.nbytes), "X-Height": str(labels.shape[0]), "X-Width": str(labels.shape[1])})
     elif fmt == "overlay":
         response = Response(await runtime.encode(render.encode_overlay_jpeg, result.rgb, result.labels, palette), media_type="image/jpeg")
     else:

@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from model.pipeline.errors import ImageError
-from service import api
+from service import api, security
 from service.backends import Backend
+from service.docs import add_docs
 from service.errors import InvalidParameter, ServiceError, from_image_error
 from service.metrics import ServiceMetrics
 from service.middleware import RequestMiddleware
@@ -76,13 +77,18 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         version=package_version(),
         description="POST an image to /segment; requests are batched dynamically onto the model.",
         lifespan=lifespan,
+        docs_url=None,  # service.docs serves /docs and /redoc from packaged assets, not a CDN
+        redoc_url=None,
+        redirect_slashes=False,  # its 307 would echo the client's Host header: /segment/ is a 404
     )
     app.state.runtime = runtime
     app.include_router(api.router)
+    add_docs(app)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(ImageError, _image_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    security.install(app, settings)  # API keys, CORS, security headers: inside the request log
     app.add_middleware(RequestMiddleware, metrics=metrics)
     return app

@@ -8,6 +8,12 @@ in dedicated threads so the event loop keeps serving: up to ``concurrency`` batc
 backend stages one batch while the other runs). If a batch raises, its items are retried one by
 one so that one bad item fails only its own request.
 
+Drain (``drain``): no more arrivals are expected, so every group goes without waiting for
+batch-mates, and queued items that would not finish within the drain window (by the policy's
+replay with the measured batch time) are refused at once with ``NotReady`` (503 + Retry-After),
+as are later arrivals that would not; ``refuse_queued`` refuses whatever is still queued when the
+window closes. The client retries on a pod that is not going away instead of timing out here.
+
 Knows nothing about HTTP or torch: ``run_batch`` is any ``list -> list`` callable.
 """
 
@@ -22,7 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.batching_policy import BatchPolicy, DynamicBatching, Wait
-from service.errors import QueueTimeout
+from service.errors import NotReady, QueueTimeout
+
+EMA_WEIGHT = 0.2  # of the newest batch in ``batch_time_s``: follows a change within ~10 batches
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,7 @@ class _Entry:
     item: Any
     enqueued: float
     future: asyncio.Future
-    started: bool = field(default=False)
+    dequeued: bool = field(default=False)  # taken into a batch, or refused
 
 
 class Batcher:
@@ -70,6 +78,8 @@ class Batcher:
         self._running: set[asyncio.Task] = set()
         self._computing = 0  # batches handed to the inference threads and not yet returned
         self._task: asyncio.Task | None = None
+        self.batch_time_s: float | None = None  # moving average of inference time per batch
+        self._drain_deadline: float | None = None  # perf_counter time the drain window closes
 
     @property
     def depth(self) -> int:
@@ -99,6 +109,8 @@ class Batcher:
         self._queues.setdefault(key, deque()).append(entry)
         self._depth += 1
         self._wakeup.set()
+        if self._drain_deadline is not None:
+            self._refuse_late()
         try:
             return await asyncio.wait_for(asyncio.shield(entry.future), self.timeout_s)
         except TimeoutError:
@@ -113,13 +125,43 @@ class Batcher:
             raise
 
     def _discard(self, entry: _Entry) -> bool:
-        """Remove a still-queued entry; False if its batch has already started."""
-        if entry.started:
+        """Remove a still-queued entry; False if it has left the queue (batch started, or refused)."""
+        if entry.dequeued:
             return False
         self._queues[entry.key].remove(entry)
         self._depth -= 1
         entry.future.cancel()
         return True
+
+    def drain(self, window_s: float) -> None:
+        """Start draining: flush every group from now on, and refuse at once what cannot finish
+        within ``window_s`` (all of it kept while no batch has been timed yet)."""
+        self._drain_deadline = time.perf_counter() + window_s
+        self._refuse_late()
+        self._wakeup.set()
+
+    def refuse_queued(self) -> int:
+        """Refuse everything still queued (the drain window has closed); returns how many."""
+        entries = [e for queue in self._queues.values() for e in queue]
+        for entry in entries:
+            self._refuse(entry)
+        return len(entries)
+
+    def _refuse_late(self) -> None:
+        """Refuse the queued items the policy does not expect to finish before the drain deadline."""
+        left = self._drain_deadline - time.perf_counter()
+        if self.batch_time_s is None and left > 0:
+            return
+        fits = self.policy.finishing_within(self._queues, self._computing, self.concurrency, self.batch_time_s or 0.0, left)
+        late = [e for key, queue in self._queues.items() for e in list(queue)[fits.get(key, 0) :]]
+        for entry in late:
+            self._refuse(entry)
+
+    def _refuse(self, entry: _Entry) -> None:
+        entry.dequeued = True
+        self._queues[entry.key].remove(entry)
+        self._depth -= 1
+        entry.future.set_exception(NotReady("service is draining and this request could not finish before shutdown; retry"))
 
     async def _dispatch_forever(self) -> None:
         while True:
@@ -136,7 +178,8 @@ class Batcher:
             if not self._depth or self._computing >= self.concurrency:
                 await self._wakeup.wait()  # an item arrives or a batch finishes
                 continue
-            choice = self.policy.next_batch(self._queues, self._computing, time.perf_counter())
+            flush = self._drain_deadline is not None  # draining: nothing waits for batch-mates
+            choice = self.policy.next_batch(self._queues, self._computing, time.perf_counter(), flush)
             if isinstance(choice, Wait):
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), choice.seconds)
@@ -146,7 +189,7 @@ class Batcher:
             queue = self._queues[choice.key]
             batch = [queue.popleft() for _ in range(min(choice.size, len(queue)))]
             for entry in batch:
-                entry.started = True
+                entry.dequeued = True
             self._depth -= len(batch)
             return batch
 
@@ -161,6 +204,9 @@ class Batcher:
         finally:
             self._computing -= 1
             self._wakeup.set()  # a thread is free; a partial batch may have been waiting for it
+        self.batch_time_s = inference_s if self.batch_time_s is None else (
+            EMA_WEIGHT * inference_s + (1 - EMA_WEIGHT) * self.batch_time_s
+        )
         if self._on_batch is not None:
             self._on_batch(len(batch), inference_s)
         for entry, result in zip(batch, results):

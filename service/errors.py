@@ -55,12 +55,45 @@ class InvalidParameter(ServiceError):
     status, code = 422, "invalid_parameter"
 
 
+class Unauthorized(ServiceError):
+    """No API key, or one that matches no configured digest (service.auth)."""
+
+    status, code = 401, "unauthorized"
+
+    def __init__(self, detail: str, challenge: str = "Bearer"):
+        super().__init__(detail)
+        self.headers = {"WWW-Authenticate": challenge}
+
+
+class CorsRefused(ServiceError):
+    """A CORS preflight from an origin, method or header that is not allowed (service.security)."""
+
+    status, code = 400, "cors_refused"
+
+
+class RateLimited(ServiceError):
+    """The API key's token bucket is empty (``rate_limit_per_key``)."""
+
+    status, code = 429, "rate_limited"
+
+    def __init__(self, detail: str, retry_after_s: int = 1):
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
 class QueueFull(ServiceError):
     status, code = 429, "queue_full"
 
     def __init__(self, detail: str, retry_after_s: int = 1):
         super().__init__(detail)
         self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class MemoryBusy(ServiceError):
+    """The memory budget is taken by requests in flight: retry once they are answered."""
+
+    status, code = 503, "memory_busy"
+    headers = {"Retry-After": "1"}
 
 
 class NotReady(ServiceError):
@@ -70,6 +103,24 @@ class NotReady(ServiceError):
 
 class QueueTimeout(ServiceError):
     status, code = 504, "queue_timeout"
+
+
+# Refused by the HTTP front (service.front) before the request reaches the app.
+class HeadersTooLarge(ServiceError):
+    status, code = 431, "headers_too_large"
+
+
+class RequestTimeout(ServiceError):
+    status, code = 408, "request_timeout"
+
+
+class TooManyConnections(ServiceError):
+    status, code = 503, "too_many_connections"
+    headers = {"Retry-After": "1"}
+
+
+class MethodNotAllowed(ServiceError):
+    status, code = 405, "method_not_allowed"
 
 
 _FROM_IMAGE_ERROR: dict[type[image.ImageError], type[ServiceError]] = {

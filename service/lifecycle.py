@@ -2,8 +2,9 @@
 
 ``loading`` -> ``ready`` once the model is loaded and warmed up -> ``draining`` on SIGTERM. While
 draining, /readyz answers 503 at once (the load balancer stops sending), new /segment requests get
-503, and requests already accepted run to completion; ``wait_idle`` tells the server when the last
-one has finished (or the drain timeout passed) so it can exit 0.
+503, and requests already accepted run to completion unless they could not finish within the drain
+timeout (``Runtime.drain`` refuses those with 503 at once); ``wait_idle`` tells the server when the
+last one has finished (or the drain timeout passed) so it can exit 0.
 """
 
 from __future__ import annotations

@@ -74,11 +74,28 @@ class ServiceMetrics:
             ["config", "backend", "device", "precision"], registry=r,
         )
         self.ready = Gauge("deeplab_ready", "1 when loaded, warmed up and not draining", registry=r)
+        self.memory_budget = Gauge("deeplab_memory_budget_bytes", "Bytes the requests in flight may reserve", registry=r)
+        self.memory_reserved = Gauge(
+            "deeplab_memory_reserved_bytes", "Estimated peak bytes reserved by the requests in flight", registry=r
+        )
+        self.queued_work = Gauge(
+            "deeplab_queued_work_pixels", "Model input pixels of the images decoding or queued", registry=r
+        )
+        self.decoded = Counter("deeplab_decoded_images", "Images decoded (admitted past the header)", registry=r)
+        self.refused = Counter(
+            "deeplab_admission_refusals", "Requests refused from the image header, before decoding", ["reason"], registry=r
+        )
         self.fps_meter = RateMeter()
         self.measured_fps.set_function(self.fps_meter.rate)
 
     def track_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)
+
+    def track_admission(self, admission) -> None:
+        """Budget, reserved bytes and queued work read from ``service.admission.Admission`` at scrape time."""
+        self.memory_budget.set_function(lambda: admission.budget_bytes)
+        self.memory_reserved.set_function(lambda: admission.reserved_bytes)
+        self.queued_work.set_function(lambda: admission.queued_work)
 
     def describe_model(self, cfg, backend: str, device: str, precision: str) -> None:
         self.model_info.labels(cfg.name, backend, device, precision).set(1)

@@ -1,4 +1,5 @@
-"""Per-request bookkeeping around every endpoint: request id, access log, request metrics.
+"""Per-request bookkeeping around every endpoint: request id, access log (with the API key's name
+when auth is on), request metrics.
 
 A plain ASGI middleware rather than ``BaseHTTPMiddleware``: it does not wrap ``receive``, so the
 /segment handler can still see the client's disconnect, and it adds no task per request.
@@ -49,8 +50,8 @@ class RequestMiddleware:
             endpoint = route.path if route is not None else "unmatched"
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.request_duration.labels(endpoint).observe(elapsed)
-            log.info(
-                "%s %s %d %.1f ms", scope["method"], scope["path"], status, elapsed * 1e3,
-                extra={"method": scope["method"], "path": scope["path"], "status": status, "duration_ms": round(elapsed * 1e3, 2)},
-            )
+            fields = {"method": scope["method"], "path": scope["path"], "status": status, "duration_ms": round(elapsed * 1e3, 2)}
+            if "user" in scope:  # the API key's name (service.auth), never the key
+                fields["api_key"] = scope["user"].display_name
+            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, elapsed * 1e3, extra=fields)
             request_id.reset(token)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -20,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.pipeline.buckets import InputPolicy, Prepared
-from model.pipeline.decode import decode
+from model.pipeline.decode import decode_scaled, probe
 from model.pipeline.restore import restore_labels
+from service.admission import Admission, Reservation, default_budget, estimate
 from service.backends import Backend, create_backend
 from service.batcher import Batcher, Outcome
 from service.errors import NotReady
@@ -34,7 +36,7 @@ log = logging.getLogger("service")
 
 @dataclass(frozen=True)
 class Segmentation:
-    rgb: np.ndarray  # the decoded image (for overlays)
+    rgb: np.ndarray | None  # the decoded image, kept for overlays only
     labels: np.ndarray  # H x W uint8 class indices at the original size
     outcome: Outcome  # batch size and timings
 
@@ -51,6 +53,7 @@ class Runtime:
         self.config = None
         self.policy: InputPolicy | None = None
         self.batcher: Batcher | None = None
+        self.admission: Admission | None = None
         self.start_error: Exception | None = None  # set by the app when ``start`` failed
 
     def warm_up_shapes(self) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
@@ -81,6 +84,8 @@ class Runtime:
         )
         self.batcher.start()
         self.metrics.track_queue(lambda: self.batcher.depth)
+        self.admission = self._admission()
+        self.metrics.track_admission(self.admission)
         self.metrics.describe_model(self.config, self.backend.name, str(self.backend.device), self.backend.precision.value)
         self.lifecycle.loaded = True
         self.metrics.ready.set(1)
@@ -111,7 +116,7 @@ class Runtime:
         shedding load costs nothing), then counted in flight until the block exits; the drain
         waits for that count to reach zero."""
         self.lifecycle.require_ready()
-        self.batcher.check_capacity()
+        self.admission.check_room()
         self.lifecycle.enter()
         try:
             yield
@@ -135,19 +140,63 @@ class Runtime:
         """After ``begin_drain``: wait until no admitted request is left; False on timeout."""
         return await self.lifecycle.wait_idle(timeout_s)
 
-    def _run_batch(self, staged: list) -> list[np.ndarray]:
-        return list(self.backend.infer_images(staged))
+    async def drain(self, timeout_s: float) -> bool:
+        """After ``begin_drain``: refuse at once (503 + Retry-After) the queued work that cannot
+        finish within ``timeout_s``, let the rest finish, and when the window closes refuse what is
+        still queued, so the server can exit in time. True if everything finished."""
+        if self.batcher is not None:
+            self.batcher.drain(timeout_s)
+        if await self.lifecycle.wait_idle(timeout_s):
+            return True
+        if self.batcher is not None:
+            log.warning("drain window closed", extra={"refused": self.batcher.refuse_queued(), "active": self.in_flight})
+        return False
 
-    def _decode(self, data: bytes) -> tuple[np.ndarray, Prepared, object]:
-        """Decode, resize/pad to the bucket, and hand the pixels to the backend's ``stage``."""
-        rgb = decode(data, self.settings.max_image_pixels)
+    def _admission(self) -> Admission:
+        """The budget (after warm-up, so the baseline includes the model) and the queue's bounds."""
+        s = self.settings
+        budget = s.memory_budget_bytes or default_budget(s.memory_budget_fraction)
+        full = max(w * h for w, h in self.policy.full_buckets())
+        work = s.queue_capacity_pixels or s.queue_capacity * full
+        log.info("admission", extra={"memory_budget_bytes": budget, "queue_capacity": s.queue_capacity, "queue_capacity_pixels": work})
+        if budget < 64 << 20:
+            log.warning("memory budget under 64 MB: large images will get 413; raise the memory limit or set memory_budget_bytes")
+        return Admission(budget, s.queue_capacity, work)
+
+    def reserve(self, data: bytes, output: str, rle: bool = False) -> Reservation:
+        """Read the image header and reserve the request's estimated peak memory and model work,
+        before anything is decoded: 413 / 415 / 400 for the header, 413 if it can never fit the
+        budget, 429 if the queue is full, 503 if the budget is busy. Release it when answered."""
+        fmt, width, height = probe(data, self.settings.max_image_pixels)
+        cost = estimate(self.policy, fmt, (width, height), len(data), output, rle, self.settings.jpeg_draft_decode)
+        try:
+            return self.admission.reserve(cost)
+        except Exception as exc:
+            self.metrics.refused.labels(getattr(exc, "code", "error")).inc()
+            raise
+
+    def _run_batch(self, items: list[tuple[Reservation, object]]) -> list[np.ndarray]:
+        for reservation, _ in items:
+            reservation.leave_queue()  # computing now: no longer queued work
+        return list(self.backend.infer_images([staged for _, staged in items]))
+
+    def _decode(self, data: bytes, reservation: Reservation) -> tuple[np.ndarray, Prepared, object]:
+        """Decode (straight to about the model's size when the estimate allowed it), resize/pad
+        to the bucket, and hand the pixels to the backend's ``stage``."""
+        fit = reservation.estimate.decode_fit or (1 << 30, 1 << 30)  # too large to draft: full decode
+        rgb, size = decode_scaled(data, self.settings.max_image_pixels, fit)
+        self.metrics.decoded.inc()
         prepared = self.policy.prepare(rgb)
+        if size != prepared.original:  # decoded smaller: labels go back to the full size
+            prepared = dataclasses.replace(prepared, original=size)
         return rgb, prepared, self.backend.stage(prepared.pixels)
 
-    async def segment(self, data: bytes) -> Segmentation:
+    async def segment(self, data: bytes, reservation: Reservation, keep_rgb: bool = False) -> Segmentation:
+        """Decode, batch, restore; ``reservation`` (from ``reserve``) must be held throughout."""
         loop = asyncio.get_running_loop()
-        rgb, prepared, staged = await loop.run_in_executor(self.pool, self._decode, data)
-        outcome = await self.batcher.submit(prepared.bucket, staged)
+        rgb, prepared, staged = await loop.run_in_executor(self.pool, self._decode, data, reservation)
+        rgb = rgb if keep_rgb else None  # not needed past the bucket: free it before the queue
+        outcome = await self.batcher.submit(prepared.bucket, (reservation, staged))
         self.metrics.queue_wait.observe(outcome.queue_s)
         labels = await loop.run_in_executor(self.pool, restore_labels, outcome.value, prepared)
         return Segmentation(rgb, labels, outcome)

@@ -2,8 +2,10 @@
 
 uvicorn's own SIGTERM handling stops listening at once, so a pod would refuse connections while
 Kubernetes still routes traffic to it. Instead the first SIGTERM only starts draining: /readyz
-turns 503 and new /segment requests get 503 while accepted ones finish; when none is left (or
-``drain_timeout_s`` has passed) uvicorn shuts down normally and the process exits 0. A second
+turns 503 and new /segment requests get 503 while accepted ones finish, except queued ones that
+cannot finish within ``drain_timeout_s`` (refused at once with 503 + Retry-After, see
+``Runtime.drain``); when none is left (or the window has closed and what was still queued has
+been refused) uvicorn shuts down normally and the process exits 0. A second
 SIGTERM or a SIGINT falls back to uvicorn's immediate shutdown. If the model cannot be loaded
 (e.g. a precision its backend cannot run) the server shuts down at once and ``serve`` exits
 non-zero with the one-line reason (a traceback would bury it in a pod's log).
@@ -20,6 +22,7 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.backends import Backend
+from service.front import protocol_for
 from service.logs import configure
 from service.runtime import Runtime
 from service.settings import Settings
@@ -51,8 +54,8 @@ class DrainingServer(uvicorn.Server):
     async def _drain_then_exit(self) -> None:
         timeout = self.runtime.settings.drain_timeout_s
         log.info("draining", extra={"active": self.runtime.in_flight, "timeout_s": timeout})
-        finished = await self.runtime.wait_idle(timeout)
-        log.info("drained" if finished else "drain timeout: shutting down with requests left")
+        finished = await self.runtime.drain(timeout)  # refuses what cannot finish in time (503)
+        log.info("drained" if finished else "drain timeout: shutting down, batches computing get the close's grace")
         self.should_exit = True
 
 
@@ -66,14 +69,21 @@ def build_server(settings: Settings, backend: Backend | None = None) -> Draining
         access_log=False,
         timeout_graceful_shutdown=5,  # connections are idle by then: the drain already waited
         lifespan="on",
+        http=protocol_for(settings),  # header/body limits and timeouts, connection cap (service.front)
+        ws="none",  # no WebSocket routes: an Upgrade is ignored rather than handed to a ws library
+        timeout_keep_alive=settings.keepalive_timeout_s,
     )
     return DrainingServer(config, app.state.runtime)
 
 
 def serve(settings: Settings, backend: Backend | None = None) -> None:
-    """Run until shut down; ``SystemExit`` with the reason when the model could not be loaded."""
+    """Run until shut down; ``SystemExit`` with the one-line reason when the configuration (e.g. a
+    bad API keys file) or the model cannot be loaded."""
     configure(settings.log_level, settings.log_format)
-    server = build_server(settings, backend)
+    try:
+        server = build_server(settings, backend)
+    except ValueError as exc:
+        raise SystemExit(f"deeplab-serve: cannot start: {exc}") from None
     server.run()
     if server.runtime.start_error is not None:
         raise SystemExit(f"deeplab-serve: cannot start: {server.runtime.start_error}")

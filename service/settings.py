@@ -8,17 +8,36 @@ can run several differently configured apps in one process.
 
 from __future__ import annotations
 
+import json
 import typing
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, StringConstraints
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.precision import Precision
 from service.backends import AUTO, BACKENDS, default_device
 
 BackendChoice = Literal[(AUTO, *BACKENDS)]
 PrecisionChoice = Literal[(AUTO, *(p.value for p in Precision))]
+
+
+def _list_from_text(value):
+    """A list setting from the environment or a CLI flag: a JSON list or comma-separated text."""
+    if isinstance(value, str):
+        text = value.strip()
+        return json.loads(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+    return value
+
+
+def _text_list(item_pattern: str):
+    return Annotated[list[Annotated[str, StringConstraints(pattern=item_pattern)]], NoDecode, BeforeValidator(_list_from_text)]
+
+
+KeyDigests = _text_list(r"^([^:\s]+:)?[0-9a-fA-F]{64}$")  # NAME:SHA256HEX or SHA256HEX
+Paths = _text_list(r"^/")
+Origins = _text_list(r"^(\*|https?://[^/\s]+)$")  # scheme://host[:port], no path: browsers send it so
 
 
 class Settings(BaseSettings):
@@ -55,6 +74,28 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="width*height limit read from the header before decoding"
     )
+    memory_budget_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="bytes the requests in flight may reserve; each reserves its estimated peak (from the "
+        "header, before decoding: image, labels, the format's encoding buffers); over it -> 503 + "
+        "Retry-After, one image over all of it -> 413",
+    )
+    memory_budget_fraction: float = Field(
+        0.5, gt=0, le=1, description="when memory_budget_bytes is unset: this fraction of the container's "
+        "memory limit (cgroup, else RAM) minus the process's size after warm-up",
+    )
+    queue_capacity_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="model input pixels (bucket areas) of the images decoding or queued; beyond -> 429, "
+        "decided from the header before decoding; unset = queue_capacity full-size buckets",
+    )
+    jpeg_draft_decode: bool = Field(
+        True,
+        description="decode JPEGs at least 2x the test scale straight to about that size (libjpeg DCT "
+        "scaling): far less memory and time, labels nearly identical; not for format=overlay",
+    )
     decode_threads: int = Field(4, ge=1, description="threads for decoding and PNG/JPEG encoding")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log threshold")
     log_format: Literal["json", "text"] = Field("json", description="json lines (with request_id) or plain text")
@@ -63,10 +104,63 @@ class Settings(BaseSettings):
     )
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (0 = any free port)")
+    api_keys_file: Path | None = Field(
+        None,
+        description="API keys, one `NAME:SHA256HEX` line each (`python -m service.auth new NAME` makes one); "
+        "this or a key digest below turns auth on: requests need `Authorization: Bearer KEY` or `X-API-Key: KEY`, "
+        "else 401",
+    )
+    api_key_hashes: KeyDigests = Field(
+        [], description="API keys as SHA-256 hex digests (`NAME:` prefix optional), comma-separated or a JSON list"
+    )
+    admin_key_hashes: KeyDigests = Field(
+        [], description="keys that may also use model-control endpoints (same form); they are API keys too"
+    )
+    auth_exempt_paths: Paths = Field(
+        ["/healthz", "/readyz", "/metrics"],
+        description="paths served without a key when auth is on (probes, Prometheus); an entry ending in / "
+        "covers every path under it",
+    )
+    rate_limit_per_key: float = Field(
+        0.0, ge=0, description="requests per second each API key may make, bursts of one second's worth "
+        "(at least 1); beyond -> 429 + Retry-After; 0 = unlimited",
+    )
+    cors_origins: Origins = Field(
+        [], description="origins browsers may call the API from (CORS), e.g. https://app.example.com, "
+        "or *; empty = CORS off",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="request line and headers (and a chunked body's framing or trailers) "
+        "beyond this many bytes get 431 before they are buffered",
+    )
+    max_header_count: int = Field(100, ge=1, description="requests with more headers get 431")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's line and headers must arrive within this, counted from its "
+        "first byte (or the connection's start) -> else 408 and closed (slowloris)",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body that makes no progress for this long while the server "
+        "reads it gets 408 and the connection is closed",
+    )
+    body_min_rate_bytes_s: int = Field(
+        1024, ge=0, description="a request body must average this many bytes per second beyond its first "
+        "body_timeout_s, else 408 and closed (a trickle would hold a connection for days); 0 = no minimum",
+    )
+    keepalive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
+    max_connections: int = Field(
+        1000, ge=1, description="open connections beyond this get 503 + Retry-After on their request "
+        "(/healthz excepted)",
+    )
 
 
 #: defaults computed at start-up, described rather than shown with this machine's value
-_DEFAULT_TEXT = {"model": "the built-in model", "device": "cuda if available, else cpu"}
+_DEFAULT_TEXT = {
+    "model": "the built-in model",
+    "device": "cuda if available, else cpu",
+    "api_keys_file": "none (auth off unless key digests are set)",
+    "memory_budget_bytes": "from the container's memory limit",
+    "queue_capacity_pixels": "queue_capacity full buckets",
+}
 
 
 def choices_of(name: str) -> list[str] | None:
@@ -83,6 +177,8 @@ def default_text(name: str) -> str:
     if name in _DEFAULT_TEXT:
         return _DEFAULT_TEXT[name]
     value = Settings.model_fields[name].default
+    if isinstance(value, list):  # in the form the flag and variable take
+        return ",".join(value) if value else "(empty)"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import io
 import os
 import socket
+import subprocess
 import struct
 import threading
 import time
@@ -184,3 +185,17 @@ class SlowBackend(TorchBackend):
     def warm_up(self, shapes, tune=True) -> None:  # start-up is not held
         for n, h, w in shapes:
             super().infer(np.zeros((n, h, w, 3), np.uint8))
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float = 120) -> None:
+    """Until the server process at ``url`` answers /readyz 200 (fails if it dies or the deadline passes)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(url + "/readyz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server did not become ready")

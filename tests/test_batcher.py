@@ -15,7 +15,7 @@ import pytest
 
 from service.batcher import Batcher
 from service.batching_policy import Dispatch, DynamicBatching, Wait
-from service.errors import QueueFull, QueueTimeout
+from service.errors import NotReady, QueueFull, QueueTimeout
 
 WAIT_S = 30.0  # bound on every wait: a broken batcher fails the test, never hangs it
 
@@ -99,9 +99,33 @@ def test_policy_holds_a_partial_batch_until_its_oldest_item_is_due():
     assert policy.next_batch(queues, computing=0, now=10.5) == Dispatch("a", 2)
 
 
-def test_policy_holds_an_overdue_partial_batch_while_another_computes():
-    policy = DynamicBatching(max_batch_size=4, max_delay_s=0.0, capacity=100)
-    assert policy.next_batch({"a": queued_at(0.0, 1.0)}, computing=1, now=99.0) == Wait(None)
+def test_policy_holds_a_partial_batch_that_is_not_due_while_another_computes_but_not_an_overdue_one():
+    policy = DynamicBatching(max_batch_size=4, max_delay_s=1.0, capacity=100)
+    queues = {"a": queued_at(10.0, 10.5)}
+    assert policy.next_batch(queues, computing=1, now=10.6) == Wait(pytest.approx(0.4))
+    assert policy.next_batch(queues, computing=1, now=11.0) == Dispatch("a", 2)
+
+
+def test_policy_flush_sends_partial_groups_at_once_oldest_first():
+    policy = DynamicBatching(max_batch_size=4, max_delay_s=60.0, capacity=100)
+    queues = {"young": queued_at(5.0), "old": queued_at(1.0, 2.0)}
+    assert isinstance(policy.next_batch(queues, computing=0, now=6.0), Wait)
+    assert policy.next_batch(queues, computing=1, now=6.0, flush=True) == Dispatch("old", 2)
+
+
+def test_policy_counts_what_finishes_within_a_window_on_a_virtual_clock():
+    policy = DynamicBatching(max_batch_size=4, max_delay_s=60.0, capacity=100)
+    ten = {"a": queued_at(*range(10))}
+    # the computing batch frees the thread at 1.0; then [0-3] ends at 2.0, [4-7] at 3.0, [8, 9] at 4.0
+    assert policy.finishing_within(ten, computing=1, concurrency=1, batch_s=1.0, window_s=3.5) == {"a": 8}
+    assert policy.finishing_within(ten, computing=0, concurrency=1, batch_s=1.0, window_s=3.5) == {"a": 10}
+    assert policy.finishing_within(ten, computing=1, concurrency=1, batch_s=1.0, window_s=0.5) == {"a": 0}
+    # two threads: the oldest group and the next batch start together; a group's tail is late
+    two = {"b": queued_at(2.0, 3.0, 4.0, 5.0, 6.0), "a": queued_at(1.0, 7.0, 8.0)}
+    assert policy.finishing_within(two, computing=0, concurrency=2, batch_s=1.0, window_s=1.0) == {"a": 3, "b": 4}
+    # one thread, room for one batch: the group holding the oldest item gets it
+    assert policy.finishing_within(two, computing=0, concurrency=1, batch_s=1.0, window_s=1.5) == {"a": 3, "b": 0}
+    assert policy.finishing_within({}, computing=0, concurrency=1, batch_s=1.0, window_s=1.0) == {}
 
 
 def test_policy_admits_up_to_capacity_and_refuses_bad_settings():
@@ -211,8 +235,8 @@ class Watched(DynamicBatching):
         super().__init__(*args)
         self.held_back = asyncio.Event()
 
-    def next_batch(self, queues, computing, now):
-        choice = super().next_batch(queues, computing, now)
+    def next_batch(self, queues, computing, now, flush=False):
+        choice = super().next_batch(queues, computing, now, flush)
         if isinstance(choice, Wait) and computing:
             self.held_back.set()
         return choice
@@ -222,22 +246,24 @@ def test_while_a_batch_computes_a_partial_batch_waits_for_it_and_collects_new_ar
     rec = Recorder(release=threading.Event())
 
     async def main():
-        b = await started(make(rec, max_batch_size=4, max_delay_s=0, concurrency=2, policy=Watched))
-        first = asyncio.ensure_future(b.submit("k", 1))
+        b = await started(make(rec, max_batch_size=3, max_delay_s=WAIT_S, concurrency=2, policy=Watched))
+        first = [asyncio.ensure_future(b.submit("k", i)) for i in (1, 2, 3)]  # full: goes at once
         await wait_event(rec.started, "the first batch computes")
         rest = []
-        for item in (2, 3):  # each is overdue at once, and a thread is free, yet it waits
+        for item in (4, 5):  # not due, and a thread is free, yet it waits for batch-mates
             b.policy.held_back.clear()
             rest.append(asyncio.ensure_future(b.submit("k", item)))
             await until_set(b.policy.held_back, f"item {item} is held back")
+        rest.append(asyncio.ensure_future(b.submit("k", 6)))  # now full: runs on the second thread
+        await until(lambda: len(rec.batches) == 2, "the second batch starts while the first computes")
         rec.release.set()
-        outcomes = await asyncio.gather(first, *rest)
+        outcomes = await asyncio.gather(*first, *rest)
         await b.stop()
         return outcomes
 
     outcomes = run(main())
-    assert rec.batches == [[1], [2, 3]]
-    assert [o.batch_size for o in outcomes] == [1, 2, 2]
+    assert rec.batches == [[1, 2, 3], [4, 5, 6]]
+    assert [o.batch_size for o in outcomes] == [3] * 6
 
 
 def test_full_queue_raises_queue_full():
@@ -335,3 +361,84 @@ def test_on_batch_reports_size_and_time():
 
     run(main())
     assert [n for n, _ in seen] == [4] and seen[0][1] >= 0.05
+
+
+async def timed_batch(b: Batcher, rec: Recorder) -> None:
+    """Run one batch so the batcher has measured a batch time (the drain's estimate needs one)."""
+    rec.release.set()
+    await asyncio.gather(*(b.submit("k", f"warm{i}") for i in range(b.policy.max_batch_size)))
+    assert b.batch_time_s is not None and b.batch_time_s > 0
+    rec.release.clear()
+    rec.started.clear()
+
+
+def test_drain_refuses_at_once_what_cannot_finish_in_the_window_and_runs_the_rest():
+    rec = Recorder(delay_s=0.02, release=threading.Event())
+
+    async def main():
+        b = await started(make(rec, max_batch_size=2, max_delay_s=WAIT_S, timeout_s=WAIT_S))
+        await timed_batch(b, rec)
+        computing = [asyncio.ensure_future(b.submit("k", i)) for i in (0, 1)]
+        await wait_event(rec.started, "a batch computes")
+        queued = [asyncio.ensure_future(b.submit("k", i)) for i in range(2, 11)]
+        await until(lambda: b.depth == 9, "nine items are queued")
+        # the computing batch ends within one batch time, the next at two, the one after at three
+        b.drain(2.5 * b.batch_time_s)
+        await until(lambda: sum(f.done() for f in queued) == 7, "the late ones are refused")
+        refused = [f for f in queued if f.done()]
+        rec.release.set()  # only now does any held batch go on
+        kept = await asyncio.gather(*computing, *(f for f in queued if f not in refused))
+        await b.stop()
+        return refused, kept
+
+    refused, kept = run(main())
+    assert [o.value for o in kept] == [f"result:{i}" for i in range(4)]  # the oldest ones, in order
+    for f in refused:
+        with pytest.raises(NotReady, match="draining"):
+            f.result()
+    assert rec.batches[1:] == [[0, 1], [2, 3]]
+
+
+def test_draining_flushes_partial_batches_and_refuses_late_arrivals():
+    rec = Recorder(release=threading.Event())
+
+    async def main():
+        b = await started(make(rec, max_batch_size=4, max_delay_s=600.0, timeout_s=WAIT_S))
+        await timed_batch(b, rec)
+        rec.release.set()
+        partial = [asyncio.ensure_future(b.submit(key, key)) for key in ("a", "b")]
+        await until(lambda: b.depth == 2, "two partial groups wait for batch-mates (10 minutes)")
+        b.drain(WAIT_S)  # nothing more is coming: they go now
+        flushed = await asyncio.gather(*partial)
+        b.drain(0.0)  # the window has closed: a late arrival cannot finish in it
+        with pytest.raises(NotReady):
+            await b.submit("a", "late")
+        await b.stop()
+        return flushed
+
+    assert [o.value for o in run(main())] == ["result:a", "result:b"]
+    assert rec.batches[1:] == [["a"], ["b"]]
+
+
+def test_drain_keeps_everything_until_a_batch_was_timed_and_refuse_queued_ends_it():
+    rec = Recorder(release=threading.Event())
+
+    async def main():
+        b = await started(make(rec, max_batch_size=1, max_delay_s=0, timeout_s=WAIT_S))
+        first = asyncio.ensure_future(b.submit("k", "first"))
+        await wait_event(rec.started, "the first batch computes")
+        queued = [asyncio.ensure_future(b.submit("k", i)) for i in range(3)]
+        await until(lambda: b.depth == 3, "three items are queued")
+        b.drain(0.001)  # no batch time measured yet: no estimate, nothing refused
+        depth_after_drain = b.depth
+        refused = b.refuse_queued()  # the window closed with them still queued
+        results = await asyncio.gather(*queued, return_exceptions=True)
+        rec.release.set()
+        outcome = await first  # the computing batch still finishes
+        await b.stop()
+        return depth_after_drain, refused, results, outcome
+
+    depth_after_drain, refused, results, outcome = run(main())
+    assert depth_after_drain == 3 and refused == 3
+    assert all(isinstance(r, NotReady) for r in results)
+    assert outcome.value == "result:first" and rec.batches == [["first"]]

@@ -100,6 +100,23 @@ def test_non_checkpoint_files_give_clear_errors(tmp_path, content):
         load_model(path, config=R18)
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"not a checkpoint at all", b"\x80\x02X\x01\x00\x00\x00a\x94.", b"PK\x03\x04garbage", b"\x80\x02}q\x00."],
+)
+def test_refusals_never_advise_weights_only_false(tmp_path, content):
+    """torch's refusals say "re-running with weights_only=False will likely succeed": advice to run
+    the file's code. Our message keeps torch's reason (the bad opcode) and drops the advice."""
+    path = tmp_path / "bad.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as refused:
+        load_model(path, config=R18)
+    message = str(refused.value)
+    assert "weights_only" not in message and "Re-running" not in message, message
+    if content.startswith(b"not a"):
+        assert "Unsupported operand" in message, "torch's own reason must stay"
+
+
 def test_truncated_checkpoint_gives_clear_error(tmp_path):
     good = save_checkpoint(random_net(), tmp_path / "good.pth").read_bytes()
     path = tmp_path / "truncated.pth"

@@ -40,8 +40,13 @@ class ComposeLoader(yaml.SafeLoader):
 ComposeLoader.add_constructor("!reset", lambda loader, node: RESET)
 
 
+REQUIRED = re.compile(r"\$\{(\w+):\?([^}]*)\}")
+
+
 def interpolate(text: str) -> str:
-    """Compose's ${VAR:-default} interpolation, with every variable unset (the documented defaults)."""
+    """Compose's ${VAR:-default} interpolation, with every variable unset (the documented defaults);
+    a required ${VAR:?message} becomes its own name, as if the user had set it so."""
+    text = REQUIRED.sub(lambda m: m.group(1), text)
     return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", text)
 
 
@@ -157,6 +162,32 @@ def test_grafana_provisioning_points_at_prometheus_and_dashboard():
     for panel in panels:
         for ds in [panel["datasource"]] + [t["datasource"] for t in panel["targets"]]:
             assert ds == {"type": "prometheus", "uid": source["uid"]}, panel["title"]
+
+
+def test_grafana_needs_a_login_and_has_no_default_password():
+    grafana = VARIANTS["gpu"]["services"]["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_AUTH_ANONYMOUS_ORG_ROLE" not in grafana and grafana["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    raw = yaml.load((ROOT / "docker-compose.yml").read_text(), Loader=ComposeLoader)["services"]["grafana"]["environment"]
+    required = REQUIRED.fullmatch(raw["GF_SECURITY_ADMIN_PASSWORD"])
+    assert required, "the admin password must come from a variable compose refuses to run without"
+    assert required.group(1) == "GRAFANA_ADMIN_PASSWORD" and "deploy/README.md" in required.group(2)
+    assert "GRAFANA_ADMIN_PASSWORD" in (ROOT / "deploy" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_api_keys_are_off_by_default_and_can_be_turned_on(variant, monkeypatch):
+    """Compose is for local use: no key needed unless DEEPLAB_API_KEY_HASHES is set."""
+    from service.auth import KeyRing, digest_of
+    from service.settings import Settings
+
+    env = VARIANTS[variant]["services"]["deeplab"]["environment"]
+    assert env["DEEPLAB_API_KEY_HASHES"] == ""  # the variable, unset
+    check_settings(env, monkeypatch)
+    assert KeyRing.from_settings(Settings()) is None
+    monkeypatch.setenv("DEEPLAB_API_KEY_HASHES", f"alice:{digest_of('k1')},bob:{digest_of('k2')}")
+    ring = KeyRing.from_settings(Settings())
+    assert ring.identify("k2").name == "bob" and ring.identify("k3") is None
 
 
 def dashboard_queries() -> list[str]:

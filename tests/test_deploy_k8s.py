@@ -288,3 +288,48 @@ def test_fetch_model_init_container_downloads(tmp_path):
         assert proc.returncode != 0 and "404" in proc.stderr, "a failed download must fail the pod start"
     finally:
         httpd.shutdown()
+
+
+API_KEYS_SECRET = K8S / "api-keys-secret.example.yaml"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_auth_is_on_through_the_api_keys_secret(overlay):
+    """DEEPLAB_API_KEYS_FILE is a file of the mounted Secret the example manifest creates; the Secret
+    is not rendered (re-applying never resets real keys); probes and the scrape stay exempt."""
+    from service.settings import Settings
+
+    keys_file = PurePosixPath(settings(overlay)["DEEPLAB_API_KEYS_FILE"])
+    (mount,) = [m for m in server(overlay)["volumeMounts"] if m["mountPath"] == str(keys_file.parent)]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in pod_spec(overlay)["volumes"] if v["name"] == mount["name"]]
+    (secret,) = yaml.safe_load_all(API_KEYS_SECRET.read_text())
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert volume["secret"].get("optional") is not True, "without the Secret the pod must not start"
+    (item,) = volume["secret"]["items"]
+    assert item["path"] == keys_file.name and item["key"] in secret["stringData"]
+    assert secret["metadata"]["namespace"] == objects(overlay)["Namespace"]["metadata"]["name"]
+    assert "Secret" not in {d["kind"] for d in rendered(overlay)}
+    exempt = settings(overlay).get("DEEPLAB_AUTH_EXEMPT_PATHS", ",".join(Settings.model_fields["auth_exempt_paths"].default))
+    probes = [server(overlay)[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")]
+    (endpoint,) = objects(overlay)["ServiceMonitor"]["spec"]["endpoints"]
+    assert set(probes + [endpoint["path"]]) <= set(exempt.split(","))
+
+
+def test_api_keys_secret_example_is_valid_and_holds_no_usable_key(tmp_path):
+    """The placeholder is a valid Secret whose file has no key: applied unchanged, the server
+    refuses to start instead of serving with a key somebody published."""
+    import kubernetes_validate
+
+    from service.auth import KeyRing
+    from service.settings import Settings
+
+    (secret,) = yaml.safe_load_all(API_KEYS_SECRET.read_text())
+    kubernetes_validate.validate(secret, kubernetes_validate.latest_version(), strict=True)
+    assert secret["kind"] == "Secret" and "data" not in secret
+    text = API_KEYS_SECRET.read_text()
+    assert "kubectl -n deeplab create secret generic deeplab-serve-api-keys --from-file=api-keys=" in text
+    placeholder = tmp_path / "api-keys"
+    placeholder.write_text(secret["stringData"]["api-keys"])
+    with pytest.raises(ValueError, match="holds no keys"):
+        KeyRing.from_settings(Settings(api_keys_file=placeholder))

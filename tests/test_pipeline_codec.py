@@ -32,6 +32,29 @@ def test_jpeg_decodes_to_rgb_of_the_original_size():
     assert np.array_equal(out, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
 
 
+def multi_picture_jpeg(first: np.ndarray, second: np.ndarray) -> bytes:
+    """An MPO file, as many phones and 3D cameras write: JPEG frames one after another."""
+    buf = io.BytesIO()
+    Image.fromarray(first).save(buf, format="MPO", save_all=True, append_images=[Image.fromarray(second)], quality=95)
+    return buf.getvalue()
+
+
+def test_multi_picture_jpeg_serves_its_first_frame():
+    second = np.full((40, 50, 3), 200, np.uint8)  # bigger than the first: its pixels are never read
+    data = multi_picture_jpeg(RGB, second)
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.format == "MPO" and img.n_frames == 2
+        first = np.asarray(img.convert("RGB"))
+    assert codec_decode.probe(data, 600) == ("JPEG", 30, 20)
+    out = codec_decode.decode(data, 600)  # the limit holds for the first frame (600 px), not the 2,000 px second
+    assert np.array_equal(out, first)
+    assert np.array_equal(out, codec_decode.decode(image_bytes(RGB, "JPEG", quality=95), 600))
+    with pytest.raises(ImageTooLarge):
+        codec_decode.decode(data, 599)
+    with pytest.raises(CorruptImage):
+        codec_decode.decode(data[:300], 600)  # cut inside the first frame
+
+
 def test_exif_orientation_is_applied():
     img = Image.fromarray(RGB)
     exif = Image.Exif()

@@ -239,6 +239,15 @@ def test_cli_exits_with_one_clear_line_when_the_backend_cannot_run_the_precision
     assert "Traceback" not in out.stderr + out.stdout
 
 
+def test_cli_exits_with_one_clear_line_on_a_bad_api_keys_file(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("not-a-digest-line\n")
+    out = run_cli("--api-keys-file", str(keys), "--device", "cpu", "--host", "127.0.0.1", "--port", str(free_port()))
+    assert out.returncode != 0
+    assert out.stderr.splitlines()[-1].startswith("deeplab-serve: cannot start:") and "line 1" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+
+
 def test_readme_settings_table_is_the_settings_table():
     readme = (REPO / "service" / "README.md").read_text()
     assert markdown_table() in readme, "regenerate the table: python -c 'from service.settings import markdown_table; print(markdown_table())'"

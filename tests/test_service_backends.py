@@ -215,7 +215,8 @@ class GatedBackend(TorchBackend):
 def test_admit_refuses_while_loading_when_full_and_while_draining_and_counts_in_flight():
     async def admitted(runtime, data):
         async with runtime.admit():
-            return await runtime.segment(data)
+            with runtime.reserve(data, "png") as reservation:
+                return await runtime.segment(data, reservation)
 
     async def queued(runtime, depth):
         while metric(runtime.metrics.render().decode(), "deeplab_queue_depth") < depth:

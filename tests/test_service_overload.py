@@ -1,5 +1,5 @@
 """Overload and client behaviour over real HTTP: 429 on a full queue, 504 on a queue timeout,
-disconnected clients dropped before inference, bad images failing alone.
+disconnected clients dropped before inference (499, also mid-upload), bad images failing alone.
 
 ``SlowBackend`` is the real torch backend holding each batch until the test releases it, so the
 test knows which requests are computing and which are queued (read from /metrics) on any
@@ -8,7 +8,10 @@ machine, however loaded: nothing here assumes an order from a sleep."""
 from __future__ import annotations
 
 import copy
+import logging
 import socket
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -92,6 +95,61 @@ def test_client_that_disconnects_while_queued_is_dropped(net):
         backend.release.set()
         assert first.result().status_code == 200
         assert metric(metrics_of(url), "deeplab_images_total") == 1 and backend.batches_started == 1
+
+
+def partial_upload(port: int, multipart: bool) -> socket.socket:
+    """A connection that sends headers and a tenth of the declared body, then stalls."""
+    body = image_bytes(scene(3))
+    if multipart:
+        boundary = "deeplab-test"
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
+        body = head.encode() + body + f"\r\n--{boundary}--\r\n".encode()
+        content_type = f"multipart/form-data; boundary={boundary}"
+    else:
+        content_type = "image/png"
+    head = f"POST /segment HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    client = socket.create_connection(("127.0.0.1", port), timeout=30)
+    client.sendall(head.encode() + body[: len(body) // 10])
+    return client
+
+
+def test_clients_gone_mid_upload_are_499_with_one_log_line_and_healthz_stays_fast(net, caplog):
+    caplog.set_level(logging.INFO)
+    uploads = 200
+    with running_server(SlowBackend(net=copy.deepcopy(net))) as url:
+        port = int(url.rsplit(":", 1)[1])
+        clients = [partial_upload(port, multipart=i % 2 == 1) for i in range(uploads)]
+        # every upload is inside the /segment handler (plus this scrape itself)
+        wait_for_metric(url, "deeplab_inflight_requests", uploads + 1, "every upload is being read")
+        latencies, probing, done = [], threading.Event(), threading.Event()
+
+        def probe_healthz():
+            with httpx.Client(base_url=url, timeout=30) as probe:
+                while True:  # at least one reading after the storm began, however fast it ends
+                    t0 = time.perf_counter()
+                    assert probe.get("/healthz").status_code == 200
+                    latencies.append(time.perf_counter() - t0)
+                    probing.set()
+                    if done.is_set():
+                        return
+
+        with ThreadPoolExecutor(1) as pool:
+            prober = pool.submit(probe_healthz)
+            assert probing.wait(30), "the /healthz prober never got an answer"
+            for client in clients:  # all at once: a disconnect storm
+                client.close()
+            try:
+                wait_for_metric(url, "deeplab_requests_total", uploads, "every upload is answered 499", endpoint="/segment", code="499")
+            finally:
+                done.set()
+            prober.result()
+        text = metrics_of(url)
+    assert metric(text, "deeplab_requests_total", endpoint="/segment") == uploads  # no 500 or other code
+    assert metric(text, "deeplab_images_total") == 0  # nothing computed, nothing decoded into the queue
+    assert max(latencies) < 1.0, f"/healthz took up to {max(latencies):.3f} s during the storm"
+    segment_lines = [r for r in caplog.records if getattr(r, "path", None) == "/segment"]
+    assert len(segment_lines) == uploads and {r.status for r in segment_lines} == {499}
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
 def test_bad_images_fail_alone_amid_concurrent_good_ones(net):

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from helpers import REPO, free_port, image_bytes, labels_of, scene, wait_for_metric
+from helpers import REPO, free_port, image_bytes, labels_of, metric, scene, wait_for_metric, wait_ready
 
 
 # A real server process whose backend holds every batch until the test writes a line to its
@@ -37,19 +37,6 @@ def start(args: list[str], port: int, **env) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, *args], cwd=REPO, env=environ, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-
-
-def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            if httpx.get(url + "/readyz").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server did not become ready")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -77,6 +64,68 @@ def test_python_m_service_serves_the_builtin_model_and_exits_0_on_sigterm(camvid
         assert '"msg": "drained"' in log and '"request_id": "' + r.headers["x-request-id"] + '"' in log
     finally:
         stop(proc)
+
+
+# A real server process whose every batch takes at least $BATCH_S seconds (a model slower than its
+# queue): the test can fill a queue that outlasts the drain window, and the server times batches.
+PACED_SERVER = """
+import os
+import sys
+import threading
+import time
+sys.path.insert(0, "tests")
+from service.server import serve
+from service.settings import Settings
+from helpers import SlowBackend, small_net
+
+class Paced(SlowBackend):
+    def infer(self, batch):
+        time.sleep(float(os.environ["BATCH_S"]))
+        return super().infer(batch)
+
+never_held = threading.Event()
+never_held.set()
+serve(Settings(), Paced(net=small_net(), release=never_held))
+"""
+
+
+def segment(url: str, seed: int) -> httpx.Response:
+    return httpx.post(url + "/segment", content=image_bytes(scene(seed)), headers={"content-type": "image/png"}, timeout=60)
+
+
+def test_sigterm_with_a_queue_longer_than_the_drain_window_refuses_the_rest_at_once_and_exits_in_time():
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    batch_s, drain_s, clients = 0.5, 3.0, 40  # 10 s of work: more than the window and the close
+    settings = {"BATCH_S": str(batch_s), "DEEPLAB_MAX_BATCH_SIZE": "2", "DEEPLAB_DRAIN_TIMEOUT_S": str(drain_s), "DEEPLAB_LOG_LEVEL": "info"}
+    proc = start(["-c", PACED_SERVER], port, **settings)
+    try:
+        wait_ready(proc, url)
+        assert [segment(url, i).status_code for i in range(2)] == [200, 200]  # the server times its batches
+        with ThreadPoolExecutor(clients) as pool:
+            futures = [pool.submit(lambda i: (segment(url, i), time.monotonic()), i) for i in range(clients)]
+            deadline = time.monotonic() + 60
+            while metric(httpx.get(url + "/metrics").text, "deeplab_queue_depth") < clients - 4:
+                assert time.monotonic() < deadline, "the queue never filled"
+                time.sleep(0.01)
+            sent_at = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            answers = [f.result() for f in futures]
+        exit_code = proc.wait(timeout=drain_s + 15)
+        exited_after = time.monotonic() - sent_at
+        log = proc.stdout.read()
+    finally:
+        stop(proc)
+    codes = [r.status_code for r, _ in answers]
+    assert set(codes) <= {200, 503}, codes  # never a 500 or a 504
+    refused = [(r, at - sent_at) for r, at in answers if r.status_code == 503]
+    assert refused and codes.count(200) > 0, codes
+    for r, after in refused:
+        assert r.json()["error"] == "not_ready" and "draining" in r.json()["detail"] and int(r.headers["retry-after"]) >= 1
+        assert after < drain_s / 2, f"a refusal came {after:.2f} s after SIGTERM, not at once"
+    # what was kept finished inside the drain window; the process left well inside Kubernetes' grace
+    assert exit_code == 0 and exited_after < drain_s + 5, exited_after
+    assert '"msg": "drained"' in log and "Traceback" not in log
 
 
 def wait_until_draining(url: str, timeout_s: float = 30) -> httpx.Response:

@@ -57,10 +57,20 @@ def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray
     return lut[labels]
 
 
+#: pixels blended at once: float32 temporaries of a whole 40 Mpx image would cost GBs
+_BLEND_PIXELS = 1 << 18
+
+
 def overlay(image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5) -> np.ndarray:
-    """RGB blend of the image and its class colours; `alpha` is the colours' weight."""
-    blend = image.astype(np.float32) * (1 - alpha) + colorize(labels, palette).astype(np.float32) * alpha
-    return np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+    """RGB blend of the image and its class colours; `alpha` is the colours' weight. Blended in
+    float32 a band of rows at a time, so the temporaries stay a few MB whatever the image size."""
+    out = np.empty(image.shape[:2] + (3,), np.uint8)
+    rows = max(1, _BLEND_PIXELS // max(1, image.shape[1]))
+    for top in range(0, image.shape[0], rows):
+        band = slice(top, top + rows)
+        blend = image[band].astype(np.float32) * (1 - alpha) + colorize(labels[band], palette).astype(np.float32) * alpha
+        out[band] = np.clip(blend + 0.5, 0, 255)
+    return out
 
 
 def encode_overlay_jpeg(
@@ -73,8 +83,13 @@ def encode_overlay_jpeg(
 
 
 def class_histogram(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Pixel count per class index (length ``num_classes``)."""
-    return np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
+    """Pixel count per class index (length ``num_classes``). Counted a band at a time: bincount
+    converts its input to int64, 8 bytes per pixel of a whole image at once."""
+    counts = np.zeros(max(num_classes, 256), np.int64)
+    flat = labels.reshape(-1)
+    for start in range(0, flat.size, _BLEND_PIXELS):
+        counts += np.bincount(flat[start : start + _BLEND_PIXELS], minlength=counts.size)
+    return counts[:num_classes]
 
 
 def encode_rle(labels: np.ndarray) -> dict:
