@@ -1,6 +1,7 @@
 """HTTP only: request parsing, limits, status codes and response formats.
 
-The image arrives as multipart field ``image`` or as a raw ``image/*`` body; the body is counted
+The image arrives as multipart field ``image`` or as a raw ``image/*`` body (several images as
+repeated ``image`` fields, answered by ``service.multi_image``); the body is counted
 while it streams in, so an oversized upload gets 413 without being buffered. Every failure is a
 ``service.errors`` exception rendered as ``{"error", "detail"}`` JSON by ``app``'s handlers. A client
 that disconnects during its upload, or while its image is still queued, is dropped before inference
@@ -10,6 +11,7 @@ that disconnects during its upload, or while its image is still queued, is dropp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Literal
@@ -17,53 +19,21 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from model.pipeline import render
-from service.errors import BadRequest, UnsupportedMediaType, UploadTooLarge
+from service import multi_image
 from service.admission import Reservation
+from service.errors import BadRequest, TooManyImages, UnsupportedMediaType, UploadTooLarge
+from service.multi_image import Upload
 from service.runtime import Runtime, Segmentation
+from service.schemas import ErrorBody, MultiSegmentJSON, SegmentJSON, Timing, label_stats
 
 router = APIRouter()
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client gone before its answer: not a server fault
-
-
-class ErrorBody(BaseModel):
-    error: str
-    detail: str
-
-
-class ClassStat(BaseModel):
-    id: int
-    name: str
-    pixels: int
-    fraction: float
-
-
-class Timing(BaseModel):
-    queue_ms: float
-    inference_ms: float
-    total_ms: float
-
-
-class RLEMask(BaseModel):
-    encoding: Literal["rle"]
-    order: Literal["row-major"]
-    size: list[int]
-    values: list[int]
-    counts: list[int]
-
-
-class SegmentJSON(BaseModel):
-    model: str
-    width: int
-    height: int
-    classes: list[ClassStat]
-    timing: Timing
-    mask: RLEMask | None = None
 
 
 _IMAGE_BODY = {
@@ -72,7 +42,19 @@ _IMAGE_BODY = {
         "description": "JPEG, PNG, WebP, BMP or TIFF; animated images are served by their first frame",
         "content": {
             "multipart/form-data": {
-                "schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}, "required": ["image"]}
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {
+                            "description": "one image, or several as repeated fields (up to max_images_per_request): "
+                            "then the answer is JSON with one entry per image",
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
+                        }
+                    },
+                    "required": ["image"],
+                }
             },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
         },
@@ -83,17 +65,27 @@ _SEGMENT_RESPONSES = {
     200: {
         "description": "format=png: palette PNG label map (pixel = class index) at the original size; "
         "format=raw: the same labels as height x width bytes, row-major (size in X-Height / X-Width); "
-        "format=overlay: JPEG blend; format=json: class statistics",
+        "format=overlay: JPEG blend; format=json: class statistics. Several images: always JSON "
+        "(MultiSegmentJSON), one entry per image in order: its statistics plus png_base64 / raw_base64 / "
+        "jpeg_base64 for format=png / raw / overlay, or its own error and status when that image was refused",
         "content": {
             "image/png": {},
             "application/octet-stream": {},
             "image/jpeg": {},
-            "application/json": {"schema": {"$ref": "#/components/schemas/SegmentJSON"}},
+            "application/json": {},  # its schema: from "model"
         },
-        "model": SegmentJSON,
+        "model": SegmentJSON | MultiSegmentJSON,
     },
-    400: {"model": ErrorBody, "description": "empty body, corrupt or truncated image, bad multipart"},
-    413: {"model": ErrorBody, "description": "upload over max_upload_bytes, image over max_image_pixels, or its estimated memory over the whole budget"},
+    400: {
+        "model": ErrorBody,
+        "description": "empty body, corrupt or truncated image, bad multipart. Several images that were all refused: "
+        "all_images_failed with each image's error in results, under the highest of their statuses",
+    },
+    413: {
+        "model": ErrorBody,
+        "description": "upload over max_upload_bytes, image over max_image_pixels, or its estimated memory over the whole "
+        "budget; more images than max_images_per_request or queue_capacity (too_many_images)",
+    },
     415: {"model": ErrorBody, "description": "not an image, unsupported format or content type"},
     422: {"model": ErrorBody, "description": "bad query parameter or impossible image dimensions"},
     429: {"model": ErrorBody, "description": "queue full (images or model input pixels); see Retry-After"},
@@ -122,20 +114,36 @@ def _limited(receive, limit: int):
     return wrapped
 
 
-async def read_image(request: Request, limit: int) -> bytes:
+async def _read_form(body: Request, max_images: int) -> list[Upload]:
+    """Every ``image`` file of a multipart body (Starlette's parser, called directly so that too
+    many files is told apart from malformed multipart)."""
+    try:
+        async with contextlib.aclosing(body.stream()) as stream:
+            form = await MultiPartParser(body.headers, stream, max_files=max_images, max_fields=8).parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise TooManyImages(f"more than {max_images} files in one request (max_images_per_request)") from None
+        raise BadRequest(exc.message) from None
+    try:
+        files = form.getlist("image")
+        if not files or not all(isinstance(f, UploadFile) for f in files):
+            raise BadRequest("multipart body has no file field named 'image'")
+        return [Upload(f.filename, await f.read()) for f in files]
+    finally:
+        await form.close()
+
+
+async def read_images(request: Request, limit: int, max_images: int) -> list[Upload]:
+    """The uploaded images (one for an ``image/*`` body), counted against ``limit`` bytes in all."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise UploadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = Request(request.scope, _limited(request.receive, limit))
     if content_type == "multipart/form-data":
-        form = await body.form(max_files=1, max_fields=8)
-        upload = form.get("image")
-        if not isinstance(upload, UploadFile):
-            raise BadRequest("multipart body has no file field named 'image'")
-        return await upload.read()
+        return await _read_form(body, max_images)
     if content_type.startswith("image/"):
-        return b"".join([chunk async for chunk in body.stream()])
+        return [Upload(None, b"".join([chunk async for chunk in body.stream()]))]
     raise UnsupportedMediaType(
         f"content type {content_type or '(none)'!r}: send multipart/form-data with field 'image' or an image/* body"
     )
@@ -147,10 +155,9 @@ async def _until_disconnected(request: Request) -> None:
         pass
 
 
-async def _segment_unless_disconnected(
-    request: Request, runtime: Runtime, data: bytes, reservation: Reservation, keep_rgb: bool
-) -> Segmentation | None:
-    work = asyncio.ensure_future(runtime.segment(data, reservation, keep_rgb))
+async def _unless_disconnected(request: Request, coroutine):
+    """``coroutine``'s result, or None if the client went away first (the work is cancelled)."""
+    work = asyncio.ensure_future(coroutine)
     gone = asyncio.ensure_future(_until_disconnected(request))
     await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
     if work.done():
@@ -163,7 +170,7 @@ async def _segment_unless_disconnected(
 
 @router.post(
     "/segment",
-    summary="Segment one image",
+    summary="Segment one image, or several in one multipart request",
     response_class=Response,
     responses=_SEGMENT_RESPONSES,
     openapi_extra=_IMAGE_BODY,
@@ -177,36 +184,59 @@ async def segment(
 ) -> Response:
     runtime = runtime_of(request)
     started = time.perf_counter()
+    settings = runtime.settings
     async with runtime.admit():  # 503 / 429 before the upload is read
         try:
-            data = await read_image(request, runtime.settings.max_upload_bytes)
+            uploads = await read_images(request, settings.max_upload_bytes, settings.max_images_per_request)
         except ClientDisconnect:  # gone mid-upload: the access log's one line, nothing computed
             return Response(status_code=CLIENT_CLOSED_REQUEST)
+        if len(uploads) > 1:
+            return await _segment_several(request, runtime, uploads, format, mask, started)
+        data = uploads[0].data
         # 413 / 429 / 503 from the image header, before decoding; held until the body is sent
         reservation = runtime.reserve(data, format, mask == "rle")
         try:
-            result = await _segment_unless_disconnected(request, runtime, data, reservation, format == "overlay")
+            result = await _unless_disconnected(request, runtime.segment(data, reservation, format == "overlay"))
             response = Response(status_code=CLIENT_CLOSED_REQUEST) if result is None else await _render(runtime, result, format, mask, started)
         except BaseException:
             reservation.release()
             raise
-        return _ReleasedWhenSent(response, reservation)
+        return ReleasedWhenSent(response, [reservation])
 
 
-class _ReleasedWhenSent(Response):
-    """Sends ``response``, then releases the request's memory reservation: the encoded body (or
-    the label map a raw response streams from) lives until it is sent, whether or not the client
-    stays to receive it."""
+async def _segment_several(request: Request, runtime: Runtime, uploads: list[Upload], fmt: str, mask: str, started: float) -> Response:
+    """Several images: each reserved as a request of its own, segmented together, answered as JSON."""
+    capacity = runtime.settings.queue_capacity
+    if len(uploads) > capacity:  # could never be admitted at once: 429 forever would mislead
+        raise TooManyImages(f"{len(uploads)} images in one request; the queue holds at most {capacity} (queue_capacity)")
+    held = multi_image.reserve_all(runtime, uploads, fmt, mask == "rle")
+    reservations = [r for r in held if isinstance(r, Reservation)]
+    try:
+        outcomes = await _unless_disconnected(request, multi_image.segment_all(runtime, uploads, held, fmt == "overlay"))
+        if outcomes is None:
+            response = Response(status_code=CLIENT_CLOSED_REQUEST)
+        else:
+            response = await multi_image.answer(runtime, uploads, outcomes, fmt, mask == "rle", started)
+    except BaseException:
+        multi_image.release(reservations)
+        raise
+    return ReleasedWhenSent(response, reservations)
 
-    def __init__(self, response: Response, reservation: Reservation):
-        self.response, self.reservation = response, reservation
+
+class ReleasedWhenSent(Response):
+    """Sends ``response``, then releases the request's memory reservations (one per image): the
+    encoded body (or the label map a raw response streams from) lives until it is sent, whether or
+    not the client stays to receive it."""
+
+    def __init__(self, response: Response, reservations: list[Reservation]):
+        self.response, self.reservations = response, reservations
         self.status_code, self.background = response.status_code, None
 
     async def __call__(self, scope, receive, send) -> None:
         try:
             await self.response(scope, receive, send)
         finally:
-            self.reservation.release()
+            multi_image.release(self.reservations)
 
 
 RAW_CHUNK_BYTES = 1 << 20
@@ -220,19 +250,11 @@ async def _label_bytes(labels) -> AsyncIterator[bytes]:
 
 
 def _json_body(cfg, result: Segmentation, mask: str, started: float) -> dict:
-    counts = render.class_histogram(result.labels, cfg.num_classes)
-    total, out = int(result.labels.size), result.outcome
+    out = result.outcome
     return SegmentJSON(
         model=cfg.name,
-        width=result.labels.shape[1],
-        height=result.labels.shape[0],
-        classes=[
-            ClassStat(id=i, name=name, pixels=int(n), fraction=int(n) / total)
-            for i, (name, n) in enumerate(zip(cfg.dataset.classes, counts))
-            if n
-        ],
         timing=Timing(queue_ms=out.queue_s * 1e3, inference_ms=out.inference_s * 1e3, total_ms=(time.perf_counter() - started) * 1e3),
-        mask=render.encode_rle(result.labels) if mask == "rle" else None,
+        **label_stats(cfg, result.labels, mask == "rle"),
     ).model_dump(exclude_none=True)
 
 

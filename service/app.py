@@ -21,6 +21,7 @@ from service.docs import add_docs
 from service.errors import InvalidParameter, ServiceError, from_image_error
 from service.metrics import ServiceMetrics
 from service.middleware import RequestMiddleware
+from service.oip import http as oip_http
 from service.runtime import Runtime
 from service.settings import Settings
 from model.version import package_version
@@ -30,13 +31,16 @@ log = logging.getLogger("service")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
-def _error(status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
+def _error(request: Request, status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
+    """The service's ``{"error": code, "detail": message}``; on /v2 the protocol's ``{"error": message}``."""
+    if oip_http.is_protocol_path(request.url.path):
+        return oip_http.error_response(status, detail, headers)
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     log.info("refused", extra={"error": exc.code, "detail": exc.detail})
-    return _error(exc.status, exc.code, exc.detail, exc.headers)
+    return _error(request, exc.status, exc.code, exc.detail, exc.headers)
 
 
 async def _image_error(request: Request, exc: ImageError) -> JSONResponse:
@@ -49,12 +53,12 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    return _error(exc.status_code, _HTTP_CODES.get(exc.status_code, "bad_request"), str(exc.detail), exc.headers)
+    return _error(request, exc.status_code, _HTTP_CODES.get(exc.status_code, "bad_request"), str(exc.detail), exc.headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error")
-    return _error(500, "internal_error", "internal error; see the server log for this request id")
+    return _error(request, 500, "internal_error", "internal error; see the server log for this request id")
 
 
 def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
@@ -83,6 +87,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     app.include_router(api.router)
+    app.include_router(oip_http.router)  # the Open Inference Protocol under /v2
     add_docs(app)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(ImageError, _image_error)

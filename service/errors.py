@@ -35,12 +35,24 @@ class BadRequest(ServiceError):
     status, code = 400, "bad_request"
 
 
+class ModelNotFound(ServiceError):
+    """A model name or version the server does not serve (Open Inference Protocol, service.oip)."""
+
+    status, code = 404, "model_not_found"
+
+
 class UnsupportedMediaType(ServiceError):
     status, code = 415, "unsupported_media_type"
 
 
 class UploadTooLarge(ServiceError):
     status, code = 413, "upload_too_large"
+
+
+class TooManyImages(ServiceError):
+    """More ``image`` fields in one /segment request than ``max_images_per_request`` (or the queue) allows."""
+
+    status, code = 413, "too_many_images"
 
 
 class ImageTooLarge(ServiceError):

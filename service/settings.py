@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="width*height limit read from the header before decoding"
     )
+    max_images_per_request: int = Field(
+        16, ge=1, le=256, description="images one multipart /segment request may carry (repeated `image` "
+        "fields, answered together as JSON); more -> 413. Each image is admitted like a request of its own",
+    )
     memory_budget_bytes: int | None = Field(
         None,
         ge=1,

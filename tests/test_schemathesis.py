@@ -6,6 +6,7 @@ images for image/* bodies, and explicit images in every response format check ea
 
 from __future__ import annotations
 
+import base64
 import datetime
 import time
 from collections import Counter
@@ -25,6 +26,11 @@ from service.backends.pytorch import TorchBackend
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES_PER_OPERATION = 100  # per generation mode; bounds the whole file to well under a minute
 OPERATIONS = {"POST /segment", "GET /v1/models", "GET /healthz", "GET /readyz", "GET /metrics"}
+OPERATIONS |= {  # the Open Inference Protocol (service.oip)
+    "GET /v2", "GET /v2/health/live", "GET /v2/health/ready",
+    *(f"GET /v2/models/{{name}}{v}{tail}" for v in ("", "/versions/{version}") for tail in ("", "/ready", "/config")),
+    "POST /v2/models/{name}/infer", "POST /v2/models/{name}/versions/{version}/infer",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +98,7 @@ IMAGE = image_bytes(scene(1, (40, 30)))
 @pytest.mark.parametrize("fmt, mask", [("png", "none"), ("raw", "none"), ("overlay", "none"), ("json", "none"), ("json", "rle")])
 @pytest.mark.parametrize("media_type", ["image/png", "multipart/form-data"])
 def test_a_real_image_is_answered_as_documented(api_schema, served, fmt, mask, media_type):
-    body = IMAGE if media_type == "image/png" else {"image": IMAGE}
+    body = IMAGE if media_type == "image/png" else {"image": [IMAGE]}
     case = api_schema["/segment"]["POST"].Case(body=body, media_type=media_type, query={"format": fmt, "mask": mask})
     response = call_counted(case, served)
     assert response.status_code == 200, response.text
@@ -100,6 +106,31 @@ def test_a_real_image_is_answered_as_documented(api_schema, served, fmt, mask, m
         assert len(response.content) == 40 * 30 and np.frombuffer(response.content, np.uint8).max() < 19
     if fmt == "json":
         assert response.json()["width"] == 40 and ("mask" in response.json()) == (mask == "rle")
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["JSON outputs", "binary outputs"])
+def test_a_real_inference_request_is_answered_as_documented(api_schema, served, binary):
+    """The fuzzed names above are unknown models (404): one real request to the served one."""
+    name = httpx.get(served + "/v1/models").json()["config"]
+    body = {
+        "inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(IMAGE).decode()]}],
+        "outputs": [{"name": "LABELS", "parameters": {"binary_data": binary}}],
+    }
+    case = api_schema["/v2/models/{name}/infer"]["POST"].Case(path_parameters={"name": name}, body=body, media_type="application/json")
+    response = call_counted(case, served)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == [("application/octet-stream" if binary else "application/json")]  # schemathesis: a list
+
+
+@pytest.mark.parametrize("fmt, field", [("png", "png_base64"), ("raw", "raw_base64"), ("overlay", "jpeg_base64"), ("json", None)])
+def test_several_images_are_answered_as_documented(api_schema, served, fmt, field):
+    """Repeated ``image`` fields: the JSON answer with one entry per image, also one refused."""
+    case = api_schema["/segment"]["POST"].Case(body={"image": [IMAGE, b"junk", IMAGE]}, media_type="multipart/form-data", query={"format": fmt})
+    response = call_counted(case, served)
+    assert response.status_code == 200, response.text
+    good, junk, _ = response.json()["results"]
+    assert good["width"] == 40 and (field in good if field else not any(k.endswith("_base64") for k in good))
+    assert (junk["index"], junk["status"], junk["error"]) == (1, 415, "unsupported_media_type")
 
 
 @pytest.mark.parametrize(
