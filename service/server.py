@@ -24,6 +24,7 @@ from service.app import create_app
 from service.backends import Backend
 from service.front import protocol_for
 from service.logs import configure
+from service.oip import grpc as oip_grpc
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -34,6 +35,7 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, runtime: Runtime):
         super().__init__(config)
         self.runtime = runtime
+        self.grpc = None  # the Open Inference Protocol's gRPC server, when grpc_port is set
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets=None) -> None:
@@ -42,8 +44,19 @@ class DrainingServer(uvicorn.Server):
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
+        if self.runtime.start_error is None and self.runtime.settings.grpc_port:
+            try:  # gRPC on this loop, beside HTTP: the same runtime, batcher and drain
+                self.grpc = await oip_grpc.start(self.config.app, self.runtime.settings)
+            except OSError as exc:
+                self.runtime.start_error = exc
         if self.runtime.start_error is not None:
             self.should_exit = True  # the main loop ends at its first tick, then a normal shutdown
+
+    async def shutdown(self, sockets=None) -> None:
+        """gRPC stops first (the drain has already let its requests finish), then HTTP and the runtime."""
+        if self.grpc is not None:
+            await self.grpc.stop(self.config.timeout_graceful_shutdown)
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig, frame) -> None:
         if sig != signal.SIGTERM or self.runtime.draining or self._loop is None:

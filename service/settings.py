@@ -108,6 +108,15 @@ class Settings(BaseSettings):
     )
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (0 = any free port)")
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="port of the Open Inference Protocol over gRPC "
+        "(inference.GRPCInferenceService), on the same host; 0 = gRPC off",
+    )
+    grpc_max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=4 * 1024 * 1024, description="largest gRPC message received or sent (a "
+        "request's images, a response's label maps); grpc's own default of 4 MiB does not fit a batch of "
+        "images; larger -> RESOURCE_EXHAUSTED",
+    )
     api_keys_file: Path | None = Field(
         None,
         description="API keys, one `NAME:SHA256HEX` line each (`python -m service.auth new NAME` makes one); "

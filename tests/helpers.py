@@ -66,7 +66,9 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(backend, **overrides):
-    """A real uvicorn server in a thread; yields its base URL once /readyz is 200."""
+    """A real uvicorn server in a thread; yields its base URL once /readyz is 200. gRPC is off
+    unless ``grpc_port`` is given (e.g. ``grpc_port=free_port()``)."""
+    overrides = {"grpc_port": 0, **overrides}
     settings = Settings(host="127.0.0.1", port=free_port(), device="cpu", log_level="warning", **overrides)
     server = build_server(settings, backend)
     thread = threading.Thread(target=server.run, daemon=True)

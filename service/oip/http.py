@@ -143,10 +143,7 @@ async def _infer(request: Request, name: str, version: str | None = None) -> Res
         images, wanted = contract.images_of(inputs), contract.wanted_outputs(doc)
         reservations = infer.reserve(runtime, images, wanted)  # 413 / 429 / 503 before any work
         try:
-            labels = await infer.segment(runtime, images, reservations)
-            contract.check_one_size(wanted, labels)
-            pngs = await infer.encode_pngs(runtime, wanted, labels)
-            outputs = await runtime.encode(contract.output_tensors, wanted, labels, pngs)
+            outputs = await infer.outputs(runtime, images, wanted, reservations)
             content, headers = await runtime.encode(wire.encode_response, _response_head(name, doc), outputs)
         except BaseException:
             for reservation in reservations:

@@ -18,7 +18,8 @@ from model.pipeline.errors import ImageError
 from model.pipeline.restore import restore_labels
 from service.admission import Reservation, estimate
 from service.errors import BadRequest, ImageTooLarge, ServiceError, TooManyImages, from_image_error
-from service.oip.contract import IMAGE, LABELS, LABELS_PNG, PIXELS, Images, Wanted
+from service.oip.contract import IMAGE, LABELS, LABELS_PNG, PIXELS, Images, Wanted, check_one_size, output_tensors
+from service.oip.wire import OutputTensor
 from service.runtime import Runtime
 
 
@@ -117,3 +118,12 @@ async def encode_pngs(runtime: Runtime, wanted: list[Wanted], labels: list[np.nd
         return None
     palette = runtime.config.dataset.palette
     return await _all(runtime.encode(render.encode_label_png, lab, palette) for lab in labels)
+
+
+async def outputs(runtime: Runtime, images: Images, wanted: list[Wanted], reservations: list[Reservation]) -> list[OutputTensor]:
+    """The requested outputs of reserved images (segment, LABELS' one size, PNGs): what every
+    transport does between parsing a request and framing its answer."""
+    labels = await segment(runtime, images, reservations)
+    check_one_size(wanted, labels)
+    pngs = await encode_pngs(runtime, wanted, labels)
+    return await runtime.encode(output_tensors, wanted, labels, pngs)
