@@ -127,6 +127,13 @@ def post(url: str, data: bytes, fmt: str = "png", content_type="image/png", **pa
     return httpx.post(f"{url}/segment", params={"format": fmt, **params}, content=data, headers={"content-type": content_type}, timeout=60)
 
 
+def raw_labels(server: str, data: bytes, content_type="image/jpeg") -> np.ndarray:
+    """The labels /segment?format=raw gives for ``data``: the reference the protocol must match."""
+    r = post(server, data, "raw", content_type)
+    assert r.status_code == 200, r.text
+    return np.frombuffer(r.content, np.uint8).reshape(int(r.headers["x-height"]), int(r.headers["x-width"]))
+
+
 def labels_of(response: httpx.Response) -> np.ndarray:
     img = Image.open(io.BytesIO(response.content))
     assert img.mode == "P"

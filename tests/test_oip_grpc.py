@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.http as triton_http
-from helpers import free_port, image_bytes, post, running_server, scene, small_net
+from helpers import free_port, image_bytes, raw_labels, running_server, scene, small_net
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
@@ -52,13 +52,6 @@ def client(ports):
 
 def jpeg(seed: int, size=SIZE) -> bytes:
     return image_bytes(scene(seed, size), "JPEG", quality=90)
-
-
-def raw_labels(server: str, data: bytes, content_type="image/jpeg") -> np.ndarray:
-    """The labels /segment gives for ``data``: the reference the protocol must match."""
-    r = post(server, data, "raw", content_type)
-    assert r.status_code == 200, r.text
-    return np.frombuffer(r.content, np.uint8).reshape(int(r.headers["x-height"]), int(r.headers["x-width"]))
 
 
 def image_input(*files: bytes) -> triton.InferInput:

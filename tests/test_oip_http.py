@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from helpers import SlowBackend, free_port, image_bytes, post, running_server, scene, small_net
+from helpers import SlowBackend, free_port, image_bytes, post, raw_labels, running_server, scene, small_net
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
@@ -48,13 +48,6 @@ def client(server):
 
 def jpeg(seed: int, size=SIZE) -> bytes:
     return image_bytes(scene(seed, size), "JPEG", quality=90)
-
-
-def raw_labels(server: str, data: bytes, content_type="image/jpeg") -> np.ndarray:
-    """The labels /segment gives for ``data``: the reference the protocol must match."""
-    r = post(server, data, "raw", content_type)
-    assert r.status_code == 200, r.text
-    return np.frombuffer(r.content, np.uint8).reshape(int(r.headers["x-height"]), int(r.headers["x-width"]))
 
 
 def image_input(*files: bytes, binary=True) -> triton.InferInput:
