@@ -64,6 +64,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready_in_thread(thread: threading.Thread, url: str, path: str = "/readyz", timeout_s: float = 60) -> None:
+    """Until the server running in ``thread`` answers ``path`` with 200 (fails if the thread dies
+    or the deadline passes)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not become ready"
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + path).status_code == 200:
+                return
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def running_server(backend, **overrides):
     """A real uvicorn server in a thread; yields its base URL once /readyz is 200. gRPC is off
@@ -74,13 +86,7 @@ def running_server(backend, **overrides):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{settings.port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not become ready"
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/readyz").status_code == 200:
-                break
-        time.sleep(0.05)
+    wait_ready_in_thread(thread, url)
     try:
         yield url
     finally:

@@ -8,20 +8,18 @@ door to the same pipeline, so its answers must be byte-identical.
 from __future__ import annotations
 
 import base64
-import contextlib
 import copy
 import io
 import json
 import struct
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from helpers import SlowBackend, free_port, image_bytes, post, raw_labels, running_server, scene, small_net
+from helpers import SlowBackend, free_port, image_bytes, post, raw_labels, running_server, scene, small_net, wait_ready_in_thread
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
@@ -310,7 +308,7 @@ def test_a_draining_server_is_not_ready_in_the_protocols_form():
     thread.start()
     url = f"http://127.0.0.1:{settings.port}"
     try:
-        wait_ready_in_thread(thread, url)
+        wait_ready_in_thread(thread, url, "/v2/health/ready")
         server.runtime.begin_drain()
         assert httpx.get(url + "/v2/health/live").status_code == 200
         for r in (
@@ -323,13 +321,3 @@ def test_a_draining_server_is_not_ready_in_the_protocols_form():
     finally:
         server.should_exit = True
         thread.join(30)
-
-
-def wait_ready_in_thread(thread: threading.Thread, url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not become ready"
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/v2/health/ready").status_code == 200:
-                return
-        time.sleep(0.05)
