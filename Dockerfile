@@ -5,6 +5,8 @@
 #   CPU-only image:              docker build --target cpu -t deeplab-serve:cpu .
 #
 # The built-in model is package data (model/weights/), so both images serve without any download.
+# Both listen on 8000 (HTTP) and 8001 (gRPC, the Open Inference Protocol; DEEPLAB_GRPC_PORT=0 turns it
+# off):  docker run --gpus all -p 8000:8000 -p 8001:8001 deeplab-serve:gpu
 # The GPU image carries every backend: torch (CUDA), onnxruntime-gpu and TensorRT. A TensorRT
 # engine only loads on the TensorRT version and GPU type it was built with: build engines with this
 # same image (see deploy/README.md).
@@ -57,9 +59,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     TORCH_HOME=/var/cache/deeplab/torch \
     DEEPLAB_DEVICE=cpu \
     DEEPLAB_HOST=0.0.0.0 \
-    DEEPLAB_PORT=8000
+    DEEPLAB_PORT=8000 \
+    DEEPLAB_GRPC_PORT=8001
 USER 10001:10001
-EXPOSE 8000
+# HTTP (own API, Open Inference Protocol /v2, /metrics) and the Open Inference Protocol over gRPC
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('DEEPLAB_PORT', '8000'), timeout=4)"]
 ENTRYPOINT ["python", "-m", "service"]
@@ -102,9 +106,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     XDG_CACHE_HOME=/var/cache/deeplab \
     TORCH_HOME=/var/cache/deeplab/torch \
     DEEPLAB_HOST=0.0.0.0 \
-    DEEPLAB_PORT=8000
+    DEEPLAB_PORT=8000 \
+    DEEPLAB_GRPC_PORT=8001
 USER 10001:10001
-EXPOSE 8000
+# HTTP (own API, Open Inference Protocol /v2, /metrics) and the Open Inference Protocol over gRPC
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('DEEPLAB_PORT', '8000'), timeout=4)"]
 ENTRYPOINT ["python", "-m", "service"]

@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("connection_flood", connection_flood(1100), 1),
     ]
     try:
-        settings = httpx.get(url + "/v1/models").json()
+        settings = httpx.get(url + "/v1/models").json()["models"][0]
         rows = [run_attack(url, proc.pid, name, attack, threads, args.duration, args.probe_every_ms / 1e3) for name, attack, threads in attacks]
     finally:
         proc.terminate()

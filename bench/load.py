@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
     RESULTS.mkdir(parents=True, exist_ok=True)
     proc, url, ready_s = start_server(args.serve) if args.serve else (None, args.url, None)
     try:
-        served = httpx.get(f"{url}/v1/models", timeout=30).json()
+        served = httpx.get(f"{url}/v1/models", timeout=30).json()["models"][0]  # the default model
         model_bench = json.loads(args.model_bench.read_text()) if args.model_bench else None
         levels = [(c, 0.0) for c in args.concurrency] + [(0, r) for r in args.rate]
         rows = []

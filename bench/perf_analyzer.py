@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         grpc_address = f"127.0.0.1:{grpc_port}"
     rows = []
     try:
-        model = args.model or httpx.get(f"{url}/v1/models", timeout=30).json()["config"]
+        model = args.model or httpx.get(f"{url}/v1/models", timeout=30).json()["default"]
         for protocol in args.protocols:
             address = grpc_address if protocol == "grpc" else url.split("://", 1)[-1]
             for concurrency in args.concurrency:

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 
-from service.settings import Settings, choices_of, default_text
 from model.version import package_version
+from service.settings import Settings, choices_of, default_text
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deeplab-serve", description="DeepLabV3+ segmentation service")
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     for name, field in Settings.model_fields.items():
+        repeated = typing.get_origin(field.annotation) is list  # --model A --model B
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
             default=argparse.SUPPRESS,
+            action="append" if repeated else "store",
             choices=choices_of(name),
             help=f"{field.description}; default: {default_text(name)} (env DEEPLAB_{name.upper()})",
         )

@@ -134,14 +134,39 @@ class Reservation:
         self.release()
 
 
-class Admission:
-    """The budget's and the queue's books: thread-safe (batches start on inference threads)."""
+class MemoryBudget:
+    """The bytes every model's requests in flight share (one process, one memory limit); its
+    size is set once the start-up models are warmed up (``default_budget``)."""
 
-    def __init__(self, budget_bytes: int, capacity_images: int, capacity_work: int):
+    def __init__(self, budget_bytes: int = 0):
         self.budget_bytes = budget_bytes
+        self.reserved_bytes = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        """Reserve ``n`` bytes, or 503 + Retry-After while the budget is busy."""
+        mb = 1 << 20
+        with self._lock:
+            if self.reserved_bytes + n > self.budget_bytes:
+                raise MemoryBusy(
+                    f"memory budget busy: {self.reserved_bytes // mb} of {self.budget_bytes // mb} MB reserved, "
+                    f"this image needs {n // mb} MB; retry later"
+                )
+            self.reserved_bytes += n
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.reserved_bytes -= n
+
+
+class Admission:
+    """One model's queue books over the shared memory budget: thread-safe (batches start on
+    inference threads)."""
+
+    def __init__(self, memory: MemoryBudget, capacity_images: int, capacity_work: int):
+        self.memory = memory
         self.capacity_images = capacity_images
         self.capacity_work = capacity_work
-        self.reserved_bytes = 0
         self.queued_images = 0
         self.queued_work = 0
         self._lock = threading.Lock()
@@ -155,21 +180,16 @@ class Admission:
         """Take ``cost`` from the budget and the queue, or refuse: 413 if it could never fit,
         429 if the queue is full, 503 + Retry-After if the budget is busy right now."""
         mb = 1 << 20
-        if cost.peak_bytes > self.budget_bytes:
+        if cost.peak_bytes > self.memory.budget_bytes:
             raise ImageTooLarge(
                 f"this image needs about {cost.peak_bytes // mb} MB to serve in this format; "
-                f"the memory budget is {self.budget_bytes // mb} MB (send a smaller image, or format=raw/json)"
+                f"the memory budget is {self.memory.budget_bytes // mb} MB (send a smaller image, or format=raw/json)"
             )
         with self._lock:
             self.check_room()
             if self.queued_work + cost.work > self.capacity_work and self.queued_images:
                 raise QueueFull(f"queued work is at its bound ({self.capacity_work} model input pixels); retry later")
-            if self.reserved_bytes + cost.peak_bytes > self.budget_bytes:
-                raise MemoryBusy(
-                    f"memory budget busy: {self.reserved_bytes // mb} of {self.budget_bytes // mb} MB reserved, "
-                    f"this image needs {cost.peak_bytes // mb} MB; retry later"
-                )
-            self.reserved_bytes += cost.peak_bytes
+            self.memory.take(cost.peak_bytes)
             self.queued_images += 1
             self.queued_work += cost.work
         return Reservation(self, cost)
@@ -184,6 +204,7 @@ class Admission:
     def _release(self, r: Reservation) -> None:
         self._leave_queue(r)
         with self._lock:
-            if r.held:
-                r.held = False
-                self.reserved_bytes -= r.estimate.peak_bytes
+            if not r.held:
+                return
+            r.held = False
+        self.memory.give(r.estimate.peak_bytes)

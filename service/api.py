@@ -26,10 +26,23 @@ from starlette.requests import ClientDisconnect
 from model.pipeline import render
 from service import multi_image
 from service.admission import Reservation
-from service.errors import BadRequest, TooManyImages, UnsupportedMediaType, UploadTooLarge
+from service.errors import (
+    BadRequest,
+    NotReady,
+    TooManyImages,
+    UnsupportedMediaType,
+    UploadTooLarge,
+)
 from service.multi_image import Upload
+from service.repository.registry import Repository
 from service.runtime import Runtime, Segmentation
-from service.schemas import ErrorBody, MultiSegmentJSON, SegmentJSON, Timing, label_stats
+from service.schemas import (
+    ErrorBody,
+    MultiSegmentJSON,
+    SegmentJSON,
+    Timing,
+    label_stats,
+)
 
 router = APIRouter()
 
@@ -86,6 +99,7 @@ _SEGMENT_RESPONSES = {
         "description": "upload over max_upload_bytes, image over max_image_pixels, or its estimated memory over the whole "
         "budget; more images than max_images_per_request or queue_capacity (too_many_images)",
     },
+    404: {"model": ErrorBody, "description": "model= or version= names no served model or version"},
     415: {"model": ErrorBody, "description": "not an image, unsupported format or content type"},
     422: {"model": ErrorBody, "description": "bad query parameter or impossible image dimensions"},
     429: {"model": ErrorBody, "description": "queue full (images or model input pixels); see Retry-After"},
@@ -94,8 +108,14 @@ _SEGMENT_RESPONSES = {
 }
 
 
+def repository_of(request: Request) -> Repository:
+    return request.app.state.repository
+
+
 def runtime_of(request: Request) -> Runtime:
-    return request.app.state.runtime
+    """The model the request names with ``?model=`` (at ``&version=``), else the default one."""
+    params = request.query_params
+    return repository_of(request).get(params.get("model") or None, params.get("version") or None)
 
 
 def _limited(receive, limit: int):
@@ -181,6 +201,8 @@ async def segment(
         "png", description="png label map, raw label bytes (no encoding cost), json statistics, or overlay JPEG"
     ),
     mask: Literal["none", "rle"] = Query("none", description="format=json only: include the label map run-length encoded"),
+    model: str | None = Query(None, description="the served model to use (GET /v1/models lists them); default: the first"),
+    version: str | None = Query(None, description="that model's version; default: its highest served"),
 ) -> Response:
     runtime = runtime_of(request)
     started = time.perf_counter()
@@ -249,10 +271,10 @@ async def _label_bytes(labels) -> AsyncIterator[bytes]:
         yield bytes(flat[start : start + RAW_CHUNK_BYTES])
 
 
-def _json_body(cfg, result: Segmentation, mask: str, started: float) -> dict:
+def _json_body(name: str, cfg, result: Segmentation, mask: str, started: float) -> dict:
     out = result.outcome
     return SegmentJSON(
-        model=cfg.name,
+        model=name,
         timing=Timing(queue_ms=out.queue_s * 1e3, inference_ms=out.inference_s * 1e3, total_ms=(time.perf_counter() - started) * 1e3),
         **label_stats(cfg, result.labels, mask == "rle"),
     ).model_dump(exclude_none=True)
@@ -271,9 +293,10 @@ async def _render(runtime: Runtime, result: Segmentation, fmt: str, mask: str, s
     elif fmt == "overlay":
         response = Response(await runtime.encode(render.encode_overlay_jpeg, result.rgb, result.labels, palette), media_type="image/jpeg")
     else:
-        response = JSONResponse(await runtime.encode(_json_body, cfg, result, mask, started))
+        response = JSONResponse(await runtime.encode(_json_body, runtime.name, cfg, result, mask, started))
     response.headers.update(
         {
+            "X-Model": runtime.name,
             "X-Batch-Size": str(out.batch_size),
             "X-Queue-Ms": f"{out.queue_s * 1e3:.2f}",
             "X-Inference-Ms": f"{out.inference_s * 1e3:.2f}",
@@ -283,9 +306,16 @@ async def _render(runtime: Runtime, result: Segmentation, fmt: str, mask: str, s
     return response
 
 
-@router.get("/v1/models", summary="The served model, its input policy, backend, the precision it runs and batching settings")
+@router.get("/v1/models", summary="Every served model (the first is the default): input policy, backend, precision, batching")
 async def models(request: Request) -> dict:
-    return runtime_of(request).describe()
+    repository = repository_of(request)
+    described = [r.describe() for r in repository.runtimes() if r.state == "ready"]
+    return {"default": described[0]["name"] if described else None, "models": described}
+
+
+@router.get("/v1/models/{name}", summary="One served model (its highest version, or ?version=)", responses={404: {"model": ErrorBody}})
+async def model(request: Request, name: str, version: str | None = None) -> dict:
+    return repository_of(request).get(name, version).describe()
 
 
 @router.get("/healthz", summary="Liveness: the process is serving HTTP")
@@ -295,10 +325,12 @@ async def healthz() -> dict:
 
 @router.get("/readyz", summary="Readiness: model loaded and warmed up, not draining", responses={503: {"model": ErrorBody}})
 async def readyz(request: Request) -> dict:
-    runtime_of(request).require_ready()
+    repository = repository_of(request)
+    if not repository.ready:
+        raise NotReady("service is draining" if repository.draining else "service is loading")
     return {"status": "ready"}
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(request: Request) -> Response:
-    return Response(runtime_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(repository_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,7 +1,7 @@
 """The FastAPI application: wiring of runtime, routes, middleware and error handlers.
 
-``create_app(settings)`` is the only entry point; ``backend`` may be injected (tests serve small
-or deliberately slow backends through the very same app).
+``create_app(settings)`` is the only entry point; ``backend`` may be injected for the first model
+(tests serve small or deliberately slow backends through the very same app).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from model.pipeline.errors import ImageError
+from model.version import package_version
 from service import api, security
 from service.backends import Backend
 from service.docs import add_docs
@@ -22,9 +23,8 @@ from service.errors import InvalidParameter, ServiceError, from_image_error
 from service.metrics import ServiceMetrics
 from service.middleware import RequestMiddleware
 from service.oip import http as oip_http
-from service.runtime import Runtime
+from service.repository.registry import Repository
 from service.settings import Settings
-from model.version import package_version
 
 log = logging.getLogger("service")
 
@@ -63,18 +63,18 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     metrics = ServiceMetrics()
-    runtime = Runtime(settings, metrics, backend)
+    repository = Repository(settings, metrics, backend)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         try:
-            await runtime.start()
+            await repository.start()
         except Exception as exc:  # the server sees start_error and shuts down (service.server)
             log.error("start-up failed", extra={"error": f"{type(exc).__name__}: {exc}"})
             log.debug("start-up failure", exc_info=exc)
-            runtime.start_error = exc
+            repository.start_error = exc
         yield
-        await runtime.stop()
+        await repository.stop()
 
     app = FastAPI(
         title="DeepLabV3+ segmentation service",
@@ -85,7 +85,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         redoc_url=None,
         redirect_slashes=False,  # its 307 would echo the client's Host header: /segment/ is a 404
     )
-    app.state.runtime = runtime
+    app.state.repository = repository
     app.include_router(api.router)
     app.include_router(oip_http.router)  # the Open Inference Protocol under /v2
     add_docs(app)

@@ -224,7 +224,8 @@ class SegmentationClient(_Common):
             return exc
 
     def models(self) -> dict:
-        """What ``GET /v1/models`` publishes: config, classes, palette, input policy, backend, batching."""
+        """What ``GET /v1/models`` publishes: ``default`` (the model used without ``model=``) and
+        ``models``, each with its name, version, config, classes, palette, input policy, backend, batching."""
         return self._checked(self._send("GET", "/v1/models")).json()
 
     def health(self) -> bool:

@@ -135,6 +135,24 @@ class MethodNotAllowed(ServiceError):
     status, code = 405, "method_not_allowed"
 
 
+class Forbidden(ServiceError):
+    """Model control while it is off, or without an admin key when auth is on."""
+
+    status, code = 403, "forbidden"
+
+
+class ModelLoadFailed(ServiceError):
+    """A model-control load whose files, config or weights are wrong; the served models are untouched."""
+
+    status, code = 400, "model_load_failed"
+
+
+class InsufficientMemory(ServiceError):
+    """A model-control load that would not fit in the device's free memory; nothing was changed."""
+
+    status, code = 507, "insufficient_memory"
+
+
 _FROM_IMAGE_ERROR: dict[type[image.ImageError], type[ServiceError]] = {
     image.EmptyImage: EmptyBody,
     image.CorruptImage: CorruptImage,

@@ -2,17 +2,26 @@
 
 Each app gets its own ``CollectorRegistry`` (no process-global state), so tests can run several
 apps side by side. Gauges that mirror live state (queue depth, fps) are computed at scrape time
-from callbacks instead of being pushed, so they can never go stale.
+from callbacks instead of being pushed, so they can never go stale. Series about one served model
+carry the labels ``model`` and ``version`` (as Triton's do); ``ModelMetrics`` is that model's view,
+and unloading the model removes its series.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 # 1 ms .. 10 s, roughly x2 per step: resolves a fast GPU batch and a slow CPU request alike.
 # Fine between 50 and 400 ms, where a GPU service's latency objectives sit (p99 <= 150 ms, say).
@@ -40,10 +49,13 @@ class RateMeter:
             return sum(n for _, n in self._events) / self.window_s
 
 
+MODEL_LABELS = ("model", "version")
+
+
 class ServiceMetrics:
     def __init__(self):
         self.registry = CollectorRegistry()
-        r = self.registry
+        r, m = self.registry, MODEL_LABELS
         self.requests = Counter(
             "deeplab_requests", "HTTP requests by endpoint and status code", ["endpoint", "code"], registry=r
         )
@@ -51,63 +63,96 @@ class ServiceMetrics:
             "deeplab_request_duration_seconds", "Request latency, receive to response", ["endpoint"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
-        self.queue_wait = Histogram(
-            "deeplab_queue_wait_seconds", "Time an image waited in the batching queue",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.inference_duration = Histogram(
-            "deeplab_inference_duration_seconds", "Backend time per batch", buckets=LATENCY_BUCKETS, registry=r
-        )
-        self.batch_size = Histogram("deeplab_batch_size", "Images per batch", buckets=BATCH_BUCKETS, registry=r)
-        self.queue_depth = Gauge("deeplab_queue_depth", "Images waiting in the batching queue", registry=r)
         self.inflight = Gauge("deeplab_inflight_requests", "HTTP requests being handled", registry=r)
-        self.images = Counter("deeplab_images", "Images segmented", registry=r)
-        self.measured_fps = Gauge(
-            "deeplab_measured_fps", "Images segmented per second over the last 10 s", registry=r
-        )
-        self.reference_fps = Gauge(
-            "deeplab_reference_fps", "Seed table (mmseg model zoo) fps for the served config",
-            ["config", "gpu"], registry=r,
-        )
-        self.model_info = Gauge(
-            "deeplab_model_info", "Served model (value is always 1)",
-            ["config", "backend", "device", "precision"], registry=r,
-        )
-        self.ready = Gauge("deeplab_ready", "1 when loaded, warmed up and not draining", registry=r)
+        self.ready = Gauge("deeplab_ready", "1 when the start-up models are loaded, warmed up and not draining", registry=r)
         self.memory_budget = Gauge("deeplab_memory_budget_bytes", "Bytes the requests in flight may reserve", registry=r)
         self.memory_reserved = Gauge(
             "deeplab_memory_reserved_bytes", "Estimated peak bytes reserved by the requests in flight", registry=r
         )
+        # per served model
+        self.queue_wait = Histogram(
+            "deeplab_queue_wait_seconds", "Time an image waited in the batching queue", m,
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.inference_duration = Histogram(
+            "deeplab_inference_duration_seconds", "Backend time per batch", m, buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram("deeplab_batch_size", "Images per batch", m, buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("deeplab_queue_depth", "Images waiting in the batching queue", m, registry=r)
+        self.images = Counter("deeplab_images", "Images segmented", m, registry=r)
+        self.measured_fps = Gauge("deeplab_measured_fps", "Images segmented per second over the last 10 s", m, registry=r)
+        self.reference_fps = Gauge(
+            "deeplab_reference_fps", "Seed table (mmseg model zoo) fps for the served config",
+            [*m, "config", "gpu"], registry=r,
+        )
+        self.model_info = Gauge(
+            "deeplab_model_info", "Served model (value is always 1)",
+            [*m, "config", "backend", "device", "precision"], registry=r,
+        )
         self.queued_work = Gauge(
-            "deeplab_queued_work_pixels", "Model input pixels of the images decoding or queued", registry=r
+            "deeplab_queued_work_pixels", "Model input pixels of the images decoding or queued", m, registry=r
         )
-        self.decoded = Counter("deeplab_decoded_images", "Images decoded (admitted past the header)", registry=r)
+        self.decoded = Counter("deeplab_decoded_images", "Images decoded (admitted past the header)", m, registry=r)
         self.refused = Counter(
-            "deeplab_admission_refusals", "Requests refused from the image header, before decoding", ["reason"], registry=r
+            "deeplab_admission_refusals", "Requests refused from the image header, before decoding",
+            [*m, "reason"], registry=r,
         )
-        self.fps_meter = RateMeter()
-        self.measured_fps.set_function(self.fps_meter.rate)
 
-    def track_queue(self, depth: Callable[[], float]) -> None:
-        self.queue_depth.set_function(depth)
+    def track_memory(self, budget) -> None:
+        """The shared budget and its reserved bytes, read from ``service.admission.MemoryBudget``."""
+        self.memory_budget.set_function(lambda: budget.budget_bytes)
+        self.memory_reserved.set_function(lambda: budget.reserved_bytes)
 
-    def track_admission(self, admission) -> None:
-        """Budget, reserved bytes and queued work read from ``service.admission.Admission`` at scrape time."""
-        self.memory_budget.set_function(lambda: admission.budget_bytes)
-        self.memory_reserved.set_function(lambda: admission.reserved_bytes)
-        self.queued_work.set_function(lambda: admission.queued_work)
-
-    def describe_model(self, cfg, backend: str, device: str, precision: str) -> None:
-        self.model_info.labels(cfg.name, backend, device, precision).set(1)
-        zoo = cfg.zoo
-        if zoo is not None and zoo.fps is not None:
-            self.reference_fps.labels(cfg.name, zoo.fps_gpu or "unknown").set(zoo.fps)
-
-    def observe_batch(self, size: int, inference_s: float) -> None:
-        self.batch_size.observe(size)
-        self.inference_duration.observe(inference_s)
-        self.images.inc(size)
-        self.fps_meter.add(size)
+    def for_model(self, name: str, version: str) -> ModelMetrics:
+        return ModelMetrics(self, (name, version))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ModelMetrics:
+    """One served model's series; ``remove`` drops them all when it is unloaded."""
+
+    def __init__(self, metrics: ServiceMetrics, labels: tuple[str, str]):
+        self.parent, self.labels = metrics, labels
+        self.queue_wait = metrics.queue_wait.labels(*labels)
+        self.decoded = metrics.decoded.labels(*labels)
+        self.fps_meter = RateMeter()
+        metrics.measured_fps.labels(*labels).set_function(self.fps_meter.rate)
+        self._extra: list[tuple] = []  # (metric, label values) created beyond the model's own
+
+    def _child(self, metric, *values: str):
+        key = (*self.labels, *values)
+        if (metric, key) not in self._extra:
+            self._extra.append((metric, key))
+        return metric.labels(*key)
+
+    def refuse(self, reason: str) -> None:
+        self._child(self.parent.refused, reason).inc()
+
+    def track(self, depth: Callable[[], float], admission) -> None:
+        """Queue depth and queued work read from the batcher and ``Admission`` at scrape time."""
+        self.parent.queue_depth.labels(*self.labels).set_function(depth)
+        self.parent.queued_work.labels(*self.labels).set_function(lambda: admission.queued_work)
+
+    def describe(self, cfg, backend: str, device: str, precision: str) -> None:
+        self._child(self.parent.model_info, cfg.name, backend, device, precision).set(1)
+        zoo = cfg.zoo
+        if zoo is not None and zoo.fps is not None:
+            self._child(self.parent.reference_fps, cfg.name, zoo.fps_gpu or "unknown").set(zoo.fps)
+
+    def observe_batch(self, size: int, inference_s: float) -> None:
+        p = self.parent
+        p.batch_size.labels(*self.labels).observe(size)
+        p.inference_duration.labels(*self.labels).observe(inference_s)
+        p.images.labels(*self.labels).inc(size)
+        self.fps_meter.add(size)
+
+    def remove(self) -> None:
+        p = self.parent
+        for metric in (p.queue_wait, p.inference_duration, p.batch_size, p.queue_depth, p.images, p.measured_fps, p.queued_work, p.decoded):
+            with contextlib.suppress(KeyError):
+                metric.remove(*self.labels)
+        for metric, key in self._extra:
+            with contextlib.suppress(KeyError):
+                metric.remove(*key)

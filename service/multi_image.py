@@ -25,7 +25,14 @@ from model.pipeline.errors import ImageError
 from service.admission import Reservation
 from service.errors import ServiceError, from_image_error
 from service.runtime import Runtime, Segmentation
-from service.schemas import ImageFailure, ImageSegment, MultiFailure, MultiSegmentJSON, Timing, label_stats
+from service.schemas import (
+    ImageFailure,
+    ImageSegment,
+    MultiFailure,
+    MultiSegmentJSON,
+    Timing,
+    label_stats,
+)
 
 ROOM_STATUSES = (429, 503)  # refusals for lack of room right now: the whole request is retried
 
@@ -129,7 +136,7 @@ async def answer(runtime: Runtime, uploads: list[Upload], outcomes: list, fmt: s
     failures = [o for o in outcomes if isinstance(o, ServiceError)]
     headers = {"X-Total-Ms": f"{(time.perf_counter() - started) * 1e3:.2f}"}
     if len(failures) < len(outcomes):
-        body = MultiSegmentJSON(model=runtime.config.name, results=[]).model_dump() | {"results": results}
+        body = MultiSegmentJSON(model=runtime.name, results=[]).model_dump() | {"results": results}
         return Response(await runtime.encode(_json_bytes, body), media_type="application/json", headers=headers)
     codes = ", ".join(f"#{r['index']} {r['error']}" for r in results)
     refused = MultiFailure(error="all_images_failed", detail=f"all {len(results)} images were refused: {codes}", results=results)

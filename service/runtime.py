@@ -1,8 +1,10 @@
 """The segmentation pipeline behind /segment, independent of HTTP.
 
-The HTTP layer talks to it through ``admit`` (readiness, capacity, in-flight counting for the
-drain), ``segment``, ``encode`` and ``describe`` only. Start-up loads the backend and warms it up in worker threads (so /healthz answers meanwhile), then
-starts the batcher. Per request: decode + resize/pad in the decode pool (which also
+One ``Runtime`` serves one model version (``service.repository`` holds them all, by name). The
+HTTP layer talks to it through ``admit`` (readiness, capacity, in-flight counting for the
+drain), ``segment``, ``encode`` and ``describe`` only. ``start`` loads the backend, checks the
+model fits the device's free memory (``service.repository.capacity``) and warms it up in worker
+threads (so /healthz answers meanwhile), then starts the batcher; ``open`` lets requests in. Per request: decode + resize/pad in the decode pool (which also
 hands the pixels to the backend's `stage`, e.g. to start the GPU upload), wait for a batch on the
 inference thread, crop/resize the labels back in the decode pool. The event loop only routes.
 """
@@ -23,12 +25,14 @@ import numpy as np
 from model.pipeline.buckets import InputPolicy, Prepared
 from model.pipeline.decode import decode_scaled, probe
 from model.pipeline.restore import restore_labels
-from service.admission import Admission, Reservation, default_budget, estimate
+from service.admission import Admission, MemoryBudget, Reservation, estimate
 from service.backends import Backend, create_backend
 from service.batcher import Batcher, Outcome
 from service.errors import NotReady
 from service.lifecycle import Lifecycle
-from service.metrics import ServiceMetrics
+from service.metrics import ModelMetrics, ServiceMetrics
+from service.repository import capacity
+from service.repository.specs import ModelSpec
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -42,19 +46,26 @@ class Segmentation:
 
 
 class Runtime:
-    def __init__(self, settings: Settings, metrics: ServiceMetrics, backend: Backend | None = None):
+    def __init__(
+        self, spec: ModelSpec, settings: Settings, service_metrics: ServiceMetrics, pool: ThreadPoolExecutor,
+        memory: MemoryBudget, backend: Backend | None = None,
+    ):  # fmt: skip
+        """``settings``: the server's with the model's own values; ``pool``: the decode/encode
+        threads and ``memory``: the requests' budget, both shared by every model."""
+        self.spec = spec
         self.settings = settings
-        self.metrics = metrics
+        self.service_metrics = service_metrics
+        self.metrics: ModelMetrics | None = None  # once loaded: the series carry the model's name
         self.lifecycle = Lifecycle()
         self.backend = backend or create_backend(
-            settings.model, settings.backend, settings.device, settings.precision, cuda_graphs=settings.cuda_graphs
+            spec.source, settings.backend, settings.device, settings.precision, cuda_graphs=settings.cuda_graphs
         )
-        self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="codec")
+        self.pool = pool
+        self.memory = memory
         self.config = None
         self.policy: InputPolicy | None = None
         self.batcher: Batcher | None = None
         self.admission: Admission | None = None
-        self.start_error: Exception | None = None  # set by the app when ``start`` failed
 
     def warm_up_shapes(self) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
         """``(tuned, untuned)`` batch shapes to warm up. On CUDA, kernels and graphs are specialised
@@ -63,12 +74,24 @@ class Runtime:
         on_cuda = str(self.backend.device).startswith("cuda")
         return self.policy.warm_up_shapes(self.settings.max_batch_size, per_batch_size=on_cuda)
 
+    @property
+    def name(self) -> str | None:
+        """The served name: the spec's, else the config's (None until loaded)."""
+        return self.spec.name or (self.config.name if self.config is not None else None)
+
+    @property
+    def version(self) -> str:
+        return self.spec.version
+
     async def start(self) -> None:
+        """Load, check the memory, warm up and start batching; requests wait for ``open``."""
         s = self.settings
         started = time.perf_counter()
         self.config = await asyncio.to_thread(self.backend.load)
         loaded = time.perf_counter()
         self.policy = InputPolicy.for_config(self.config)
+        capacity.require_room(self.backend, self.policy, s.max_batch_size, self.memory, f"model {self.name!r}")
+        self.metrics = self.service_metrics.for_model(self.name, self.version)
         tuned, untuned = self.warm_up_shapes()
         log.info("warming up", extra={"shapes": len(tuned) + len(untuned), "backend": self.backend.name})
         await asyncio.to_thread(self.backend.warm_up, tuned)
@@ -80,25 +103,33 @@ class Runtime:
             capacity=s.queue_capacity,
             timeout_s=s.request_timeout_s,
             on_batch=self.metrics.observe_batch,
-            concurrency=self.backend.concurrent_batches,
+            concurrency=s.instances or self.backend.concurrent_batches,
         )
         self.batcher.start()
-        self.metrics.track_queue(lambda: self.batcher.depth)
         self.admission = self._admission()
-        self.metrics.track_admission(self.admission)
-        self.metrics.describe_model(self.config, self.backend.name, str(self.backend.device), self.backend.precision.value)
-        self.lifecycle.loaded = True
-        self.metrics.ready.set(1)
-        log.info("ready", extra={
+        self.metrics.track(lambda: self.batcher.depth, self.admission)
+        self.metrics.describe(self.config, self.backend.name, str(self.backend.device), self.backend.precision.value)
+        log.info("loaded", extra={
+            "model": self.name, "version": self.version,
             "config": self.config.name, "backend": self.backend.name, "device": str(self.backend.device),
             "precision": self.backend.precision.value,
             "load_s": round(loaded - started, 2), "warm_up_s": round(time.perf_counter() - loaded, 2),
         })  # fmt: skip
 
+    def open(self) -> None:
+        """Admit requests (after ``start``)."""
+        self.lifecycle.loaded = True
+
     async def stop(self) -> None:
+        """Stop batching (after the drain)."""
         if self.batcher is not None:
             await self.batcher.stop()
-        self.pool.shutdown(wait=True)
+
+    async def release(self) -> None:
+        """After ``stop``, when the model is unloaded: drop its series and free its memory."""
+        if self.metrics is not None:
+            self.metrics.remove()
+        await asyncio.to_thread(self.backend.close)
 
     @property
     def state(self) -> str:
@@ -132,9 +163,8 @@ class Runtime:
         return self.lifecycle.draining
 
     def begin_drain(self) -> None:
-        """Stop admitting (plain attribute writes: safe inside a signal handler)."""
+        """Stop admitting (a plain attribute write: safe inside a signal handler)."""
         self.lifecycle.draining = True
-        self.metrics.ready.set(0)
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """After ``begin_drain``: wait until no admitted request is left; False on timeout."""
@@ -153,15 +183,10 @@ class Runtime:
         return False
 
     def _admission(self) -> Admission:
-        """The budget (after warm-up, so the baseline includes the model) and the queue's bounds."""
+        """The queue's bounds over the shared memory budget."""
         s = self.settings
-        budget = s.memory_budget_bytes or default_budget(s.memory_budget_fraction)
         full = max(w * h for w, h in self.policy.full_buckets())
-        work = s.queue_capacity_pixels or s.queue_capacity * full
-        log.info("admission", extra={"memory_budget_bytes": budget, "queue_capacity": s.queue_capacity, "queue_capacity_pixels": work})
-        if budget < 64 << 20:
-            log.warning("memory budget under 64 MB: large images will get 413; raise the memory limit or set memory_budget_bytes")
-        return Admission(budget, s.queue_capacity, work)
+        return Admission(self.memory, s.queue_capacity, s.queue_capacity_pixels or s.queue_capacity * full)
 
     def reserve(self, data: bytes, output: str, rle: bool = False) -> Reservation:
         """Read the image header and reserve the request's estimated peak memory and model work,
@@ -172,7 +197,7 @@ class Runtime:
         try:
             return self.admission.reserve(cost)
         except Exception as exc:
-            self.metrics.refused.labels(getattr(exc, "code", "error")).inc()
+            self.metrics.refuse(getattr(exc, "code", "error"))
             raise
 
     def _run_batch(self, items: list[tuple[Reservation, object]]) -> list[np.ndarray]:
@@ -212,6 +237,8 @@ class Runtime:
             raise NotReady("model is still loading")
         cfg, s, zoo = self.config, self.settings, self.config.zoo
         return {
+            "name": self.name,
+            "version": self.version,
             "config": cfg.name,
             "dataset": cfg.dataset.name,
             "classes": list(cfg.dataset.classes),
@@ -234,6 +261,7 @@ class Runtime:
             "backend_details": self.backend.describe(),
             "batching": {
                 "max_batch_size": s.max_batch_size,
+                "instances": self.batcher.concurrency,
                 "max_queue_delay_ms": s.max_queue_delay_ms,
                 "queue_capacity": s.queue_capacity,
                 "request_timeout_s": s.request_timeout_s,

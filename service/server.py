@@ -14,6 +14,7 @@ non-zero with the one-line reason (a traceback would bury it in a pod's log).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 
@@ -25,16 +26,16 @@ from service.backends import Backend
 from service.front import protocol_for
 from service.logs import configure
 from service.oip import grpc as oip_grpc
-from service.runtime import Runtime
+from service.repository.registry import Repository
 from service.settings import Settings
 
 log = logging.getLogger("service")
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, runtime: Runtime):
+    def __init__(self, config: uvicorn.Config, repository: Repository):
         super().__init__(config)
-        self.runtime = runtime
+        self.repository = repository
         self.grpc = None  # the Open Inference Protocol's gRPC server, when grpc_port is set
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -44,12 +45,12 @@ class DrainingServer(uvicorn.Server):
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
-        if self.runtime.start_error is None and self.runtime.settings.grpc_port:
+        if self.repository.start_error is None and self.repository.settings.grpc_port:
             try:  # gRPC on this loop, beside HTTP: the same runtime, batcher and drain
-                self.grpc = await oip_grpc.start(self.config.app, self.runtime.settings)
+                self.grpc = await oip_grpc.start(self.config.app, self.repository.settings)
             except OSError as exc:
-                self.runtime.start_error = exc
-        if self.runtime.start_error is not None:
+                self.repository.start_error = exc
+        if self.repository.start_error is not None:
             self.should_exit = True  # the main loop ends at its first tick, then a normal shutdown
 
     async def shutdown(self, sockets=None) -> None:
@@ -59,15 +60,15 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
     def handle_exit(self, sig, frame) -> None:
-        if sig != signal.SIGTERM or self.runtime.draining or self._loop is None:
+        if sig != signal.SIGTERM or self.repository.draining or self._loop is None:
             return super().handle_exit(sig, frame)
-        self.runtime.begin_drain()
-        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain_then_exit()))
+        self.repository.begin_drain()
+        self._loop.call_soon_threadsafe(self._loop.create_task, self._drain_then_exit(), context=contextvars.Context())  # not the last request's id
 
     async def _drain_then_exit(self) -> None:
-        timeout = self.runtime.settings.drain_timeout_s
-        log.info("draining", extra={"active": self.runtime.in_flight, "timeout_s": timeout})
-        finished = await self.runtime.drain(timeout)  # refuses what cannot finish in time (503)
+        timeout = self.repository.settings.drain_timeout_s
+        log.info("draining", extra={"active": self.repository.in_flight, "timeout_s": timeout})
+        finished = await self.repository.drain(timeout)  # refuses what cannot finish in time (503)
         log.info("drained" if finished else "drain timeout: shutting down, batches computing get the close's grace")
         self.should_exit = True
 
@@ -86,7 +87,7 @@ def build_server(settings: Settings, backend: Backend | None = None) -> Draining
         ws="none",  # no WebSocket routes: an Upgrade is ignored rather than handed to a ws library
         timeout_keep_alive=settings.keepalive_timeout_s,
     )
-    return DrainingServer(config, app.state.runtime)
+    return DrainingServer(config, app.state.repository)
 
 
 def serve(settings: Settings, backend: Backend | None = None) -> None:
@@ -98,5 +99,5 @@ def serve(settings: Settings, backend: Backend | None = None) -> None:
     except ValueError as exc:
         raise SystemExit(f"deeplab-serve: cannot start: {exc}") from None
     server.run()
-    if server.runtime.start_error is not None:
-        raise SystemExit(f"deeplab-serve: cannot start: {server.runtime.start_error}")
+    if server.repository.start_error is not None:
+        raise SystemExit(f"deeplab-serve: cannot start: {server.repository.start_error}")

@@ -28,6 +28,8 @@ def _list_from_text(value):
     if isinstance(value, str):
         text = value.strip()
         return json.loads(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):  # a repeated CLI flag
+        return [item for v in value for item in _list_from_text(v)]
     return value
 
 
@@ -37,15 +39,29 @@ def _text_list(item_pattern: str):
 
 KeyDigests = _text_list(r"^([^:\s]+:)?[0-9a-fA-F]{64}$")  # NAME:SHA256HEX or SHA256HEX
 Paths = _text_list(r"^/")
+ModelEntries = _text_list(r"^\S")
 Origins = _text_list(r"^(\*|https?://[^/\s]+)$")  # scheme://host[:port], no path: browsers send it so
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEEPLAB_", extra="ignore")
 
-    model: str | None = Field(
+    model: ModelEntries = Field(
+        [],
+        description="model(s) to serve, the first being the default of /segment: each a config name, checkpoint "
+        "(.pth/.safetensors), .onnx or .engine/.plan file, served under its config's name, or NAME=that to "
+        "choose the name; repeat the flag (env: comma-separated or a JSON list); none = the built-in model "
+        "unless model_repository is set",
+    )
+    model_repository: Path | None = Field(
         None,
-        description="config name, checkpoint (.pth/.safetensors), .onnx or .engine/.plan file",
+        description="folder with one subfolder per model (its file, optional config.toml, numbered version "
+        "folders: service/README.md); every model in it is loaded at start, after the --model ones",
+    )
+    enable_model_control: bool = Field(
+        False,
+        description="allow POST /v2/repository/models/NAME/load and /unload (HTTP and gRPC): add, replace or "
+        "remove a model without a restart; with auth on they need an admin key",
     )
     backend: BackendChoice = Field(
         AUTO, description="inference backend; auto = chosen from the model file's extension"
@@ -63,6 +79,10 @@ class Settings(BaseSettings):
         "a CUDA graph and replay it (one launch per batch instead of ~150)",
     )
     max_batch_size: int = Field(8, ge=1, le=256, description="images per batch")
+    instances: int | None = Field(
+        None, ge=1, le=8, description="batches of one model computed at once, each from its own inference "
+        "thread; unset = the backend's choice (2 with CUDA graphs, else 1)",
+    )
     max_queue_delay_ms: float = Field(
         10.0, ge=0, description="longest a request waits for batch-mates before its batch runs"
     )
@@ -130,7 +150,7 @@ class Settings(BaseSettings):
         [], description="keys that may also use model-control endpoints (same form); they are API keys too"
     )
     auth_exempt_paths: Paths = Field(
-        ["/healthz", "/readyz", "/metrics"],
+        ["/healthz", "/readyz", "/metrics", "/v2/health/"],
         description="paths served without a key when auth is on (probes, Prometheus); an entry ending in / "
         "covers every path under it",
     )
@@ -169,6 +189,8 @@ class Settings(BaseSettings):
 #: defaults computed at start-up, described rather than shown with this machine's value
 _DEFAULT_TEXT = {
     "model": "the built-in model",
+    "model_repository": "none",
+    "instances": "the backend's choice",
     "device": "cuda if available, else cpu",
     "api_keys_file": "none (auth off unless key digests are set)",
     "memory_budget_bytes": "from the container's memory limit",

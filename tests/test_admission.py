@@ -15,7 +15,7 @@ import pytest
 from helpers import SCALE, SlowBackend, image_bytes, metric, post, running_server, scene, small_net, wait_for_metric
 from model.pipeline.buckets import InputPolicy
 from service import admission
-from service.admission import Admission, estimate
+from service.admission import MemoryBudget, Admission, estimate
 from service.backends.pytorch import TorchBackend
 from service.errors import ImageTooLarge, MemoryBusy, QueueFull
 
@@ -65,7 +65,7 @@ def test_large_jpegs_are_estimated_at_their_draft_size_unless_the_overlay_needs_
 
 def test_reservations_are_counted_once_and_refused_in_order():
     costs = estimate(POLICY, "PNG", (1000, 1000), 0, "png", False, True)
-    books = Admission(budget_bytes=int(costs.peak_bytes * 2.5), capacity_images=3, capacity_work=10 * costs.work)
+    books = Admission(MemoryBudget(int(costs.peak_bytes * 2.5)), capacity_images=3, capacity_work=10 * costs.work)
     first, second = books.reserve(costs), books.reserve(costs)
     with pytest.raises(MemoryBusy, match="memory budget busy"):
         books.reserve(costs)
@@ -74,16 +74,20 @@ def test_reservations_are_counted_once_and_refused_in_order():
     assert (books.queued_images, books.queued_work) == (1, costs.work)
     first.release()
     first.release()
-    assert books.reserved_bytes == costs.peak_bytes
+    assert books.memory.reserved_bytes == costs.peak_bytes
     with second:
         pass
-    assert (books.reserved_bytes, books.queued_images, books.queued_work) == (0, 0, 0)
+    assert (books.memory.reserved_bytes, books.queued_images, books.queued_work) == (0, 0, 0)
     with pytest.raises(ImageTooLarge, match="memory budget is"):
         books.reserve(estimate(POLICY, "PNG", (3000, 3000), 0, "png", False, True))
-    narrow = Admission(budget_bytes=1 << 40, capacity_images=8, capacity_work=costs.work)
+    shared = MemoryBudget(1 << 40)
+    narrow = Admission(shared, capacity_images=8, capacity_work=costs.work)
     narrow.reserve(costs)
     with pytest.raises(QueueFull, match="queued work"):
         narrow.reserve(costs)
+    other = Admission(shared, capacity_images=8, capacity_work=costs.work)  # another model: its own queue
+    other.reserve(costs)
+    assert shared.reserved_bytes == 2 * costs.peak_bytes  # one budget for every model
 
 
 def test_default_budget_is_a_fraction_of_the_cgroup_limit_minus_the_resident_size(tmp_path, monkeypatch):

@@ -79,7 +79,7 @@ def test_async_client_matches_the_sync_one(server):
         want = [client.segment(image).labels for image in images]
     assert np.array_equal(one.labels, want[0])
     assert all(np.array_equal(r.labels, w) for r, w in zip(many, want))
-    assert models["config"] and alive and ready
+    assert models["models"][0]["config"] and alive and ready
 
 
 def test_errors_are_typed_from_the_services_body(server):
@@ -88,7 +88,7 @@ def test_errors_are_typed_from_the_services_body(server):
             client.segment(b"\x89PNG\r\n\x1a\n truncated")
         assert raised.value.status == 400 and raised.value.code == "corrupt_image" and raised.value.detail
         assert client.health() and client.ready()
-        assert client.models()["classes"][0] == "sky"
+        assert client.models()["models"][0]["classes"][0] == "sky"
     with pytest.raises(ValueError):
         encode_image(np.zeros((4, 4), np.float32))
     with SegmentationClient("http://127.0.0.1:9") as gone:  # nothing listens on the discard port
@@ -104,7 +104,7 @@ def test_api_key_is_sent_as_a_bearer_token():
             wrong.models()
         with SegmentationClient(url, api_key="s3cret-key") as client:
             assert np.array_equal(client.segment(RGB).labels, client.segment_many([RGB, RGB])[1].labels)
-            assert client.models()["config"]
+            assert client.models()["default"]
 
 
 def test_retry_after_reads_seconds_and_dates():

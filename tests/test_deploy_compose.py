@@ -73,9 +73,13 @@ VARIANTS = {
 }
 
 
-def container_port(service: dict) -> int:
-    (mapping,) = service["ports"]
-    return int(mapping.split(":")[-1])
+def container_port(service: dict, name: str | None = None) -> int:
+    """The container port published under ``name`` (long syntax), or the service's only port."""
+    if name is None:
+        (mapping,) = service["ports"]
+        return int(str(mapping).split(":")[-1])
+    (port,) = [p["target"] for p in service["ports"] if isinstance(p, dict) and p.get("name") == name]
+    return int(port)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -111,11 +115,31 @@ def test_server_settings_port_and_drain(variant, monkeypatch):
     server = VARIANTS[variant]["services"]["deeplab"]
     env = server["environment"]
     check_settings(env, monkeypatch)
-    assert container_port(server) == int(env["DEEPLAB_PORT"])
+    assert container_port(server, "http") == int(env["DEEPLAB_PORT"])
     grace = int(server["stop_grace_period"].rstrip("s"))
     # + uvicorn's 5 s graceful close (service/server.py) and the model's shutdown
     assert grace >= float(env["DEEPLAB_DRAIN_TIMEOUT_S"]) + 10, "docker would SIGKILL mid-drain"
     assert server["read_only"] and {"/tmp", "/var/cache/deeplab"} <= {t.split(":")[0] for t in server["tmpfs"]}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_server_publishes_named_http_and_grpc_ports_at_the_settings_defaults(variant):
+    """Both listeners published on the host at their own numbers; the container's DEEPLAB_PORT and
+    DEEPLAB_GRPC_PORT (when set) are the ports published."""
+    from service.settings import Settings
+
+    server = VARIANTS[variant]["services"]["deeplab"]
+    fields = {"http": "port", "grpc": "grpc_port"}
+    ports = {p["name"]: p for p in server["ports"]}
+    assert len(ports) == len(server["ports"]) and set(ports) == set(fields), server["ports"]
+    for name, field in fields.items():
+        default = Settings.model_fields[field].default
+        port = ports[name]
+        assert (port["target"], int(port["published"]), port["protocol"], port["app_protocol"]) == (
+            default, default, "tcp", name
+        )
+        env = server["environment"].get(f"DEEPLAB_{field.upper()}")
+        assert env is None or int(env) == port["target"], f"DEEPLAB_{field.upper()} is not the published port"
 
 
 def mount_target(service: dict, source: str) -> str:
@@ -141,7 +165,7 @@ def test_prometheus_scrapes_the_server():
     (target,) = [t for sc in job["static_configs"] for t in sc["targets"]]
     host, port = target.split(":")
     assert host == "deeplab" and host in compose["services"]
-    assert int(port) == container_port(compose["services"]["deeplab"]) == Settings.model_fields["port"].default
+    assert int(port) == container_port(compose["services"]["deeplab"], "http") == Settings.model_fields["port"].default
 
 
 def test_grafana_provisioning_points_at_prometheus_and_dashboard():
@@ -246,14 +270,16 @@ def free_port() -> int:
 
 def test_cpu_compose_settings_boot_a_server_prometheus_can_scrape(tmp_path):
     """The real server with the CPU variant's environment: ready on /readyz, healthy by the image's
-    HEALTHCHECK, every series the dashboard and the HPA's adapter rule read on /metrics, exit 0 on
+    HEALTHCHECK, live and ready over gRPC (the protocol's ServerLive/ServerReady), every series the dashboard and the HPA's adapter rule read on /metrics, exit 0 on
     SIGTERM."""
+    import grpc
     import httpx
+    import tritonclient.grpc as triton_grpc
     from PIL import Image
 
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = {k: str(v) for k, v in VARIANTS["cpu"]["services"]["deeplab"]["environment"].items() if v is not None}
-    env |= {"DEEPLAB_PORT": str(port), "DEEPLAB_HOST": "127.0.0.1", "PATH": os.environ["PATH"]}
+    env |= {"DEEPLAB_PORT": str(port), "DEEPLAB_GRPC_PORT": str(grpc_port), "DEEPLAB_HOST": "127.0.0.1", "PATH": os.environ["PATH"]}
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
@@ -272,6 +298,10 @@ def test_cpu_compose_settings_boot_a_server_prometheus_can_scrape(tmp_path):
         (healthcheck,) = [rest for i, rest in stages["cpu"] if i == "HEALTHCHECK"]
         check = json.loads(healthcheck.split(" CMD ", 1)[1])
         assert subprocess.run([sys.executable, *check[1:]], env=env, timeout=10).returncode == 0
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+        with triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+            assert client.is_server_live() and client.is_server_ready()
         image = tmp_path / "street.png"
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(image)
         response = httpx.post(f"{base}/segment", files={"image": image.read_bytes()}, timeout=60)

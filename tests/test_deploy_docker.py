@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -21,6 +22,11 @@ def instructions(stage: str, instr: str) -> list[str]:
 
 def base(stage: str) -> str:
     return STAGES[stage][0][1]
+
+
+def env(stage: str) -> dict[str, str]:
+    """The stage's ENV variables (KEY=VALUE form)."""
+    return dict(pair.split("=", 1) for rest in instructions(stage, "ENV") for pair in shlex.split(rest))
 
 
 def venv_stage(stage: str) -> str:
@@ -66,12 +72,28 @@ def test_final_stage_serves_as_non_root_with_health_check(stage):
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) != 0, "USER must be a numeric non-root uid (runAsNonRoot needs it)"
     port = Settings.model_fields["port"].default
-    assert instructions(stage, "EXPOSE") == [str(port)]
+    assert instructions(stage, "EXPOSE") == [f"{port} {Settings.model_fields['grpc_port'].default}"]
     (healthcheck,) = instructions(stage, "HEALTHCHECK")
     cmd = json.loads(healthcheck.split(" CMD ", 1)[1])
     assert "/healthz" in cmd[-1] and "/healthz" in service_get_paths() and str(port) in cmd[-1]
     (entrypoint,) = instructions(stage, "ENTRYPOINT")
     assert json.loads(entrypoint) == ["python", "-m", "service"], "exec form, so SIGTERM reaches the server"
+
+
+@pytest.mark.parametrize("stage", FINAL_STAGES)
+def test_final_stage_exposes_the_http_and_grpc_ports_it_listens_on(stage):
+    """EXPOSE lists exactly the ports the image's DEEPLAB_ variables (or the settings' defaults) make
+    the server listen on: HTTP, then gRPC."""
+    from service.settings import Settings
+
+    variables = env(stage)
+    listens = [
+        int(variables.get(f"DEEPLAB_{field.upper()}", Settings.model_fields[field].default))
+        for field in ("port", "grpc_port")
+    ]
+    assert all(listens) and len(set(listens)) == 2, listens
+    assert [int(p) for (expose,) in [instructions(stage, "EXPOSE")] for p in expose.split()] == listens
+    assert variables["DEEPLAB_HOST"] == "0.0.0.0", "the ports must be reachable from outside the container"
 
 
 def test_health_check_command_runs():

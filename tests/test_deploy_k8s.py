@@ -133,6 +133,26 @@ def named_port(container: dict, name: str) -> int:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_http_and_grpc_ports_are_named_published_and_match_the_settings(overlay):
+    """The server container declares its two listeners by name at the settings' defaults; the
+    ConfigMap's DEEPLAB_PORT / DEEPLAB_GRPC_PORT (when set) are those ports; the Service publishes
+    both under the same names and numbers, gRPC with appProtocol grpc."""
+    from service.settings import Settings
+
+    container, env = server(overlay), settings(overlay)
+    fields = {"http": "port", "grpc": "grpc_port"}
+    declared = {p["name"]: (p["containerPort"], p["protocol"]) for p in container["ports"]}
+    assert len(declared) == len(container["ports"])
+    assert declared == {name: (Settings.model_fields[field].default, "TCP") for name, field in fields.items()}
+    assert not [e for e in container.get("env", []) if e["name"].startswith("DEEPLAB_")], "settings live in the ConfigMap"
+    for name, field in fields.items():
+        value = env.get(f"DEEPLAB_{field.upper()}")
+        assert value is None or int(value) == named_port(container, name), f"DEEPLAB_{field.upper()} != port {name}"
+    published = {p["name"]: (p["port"], p["targetPort"], p["protocol"], p["appProtocol"]) for p in objects(overlay)["Service"]["spec"]["ports"]}
+    assert published == {name: (declared[name][0], name, "TCP", name) for name in fields}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes_ports_and_drain_agree_with_the_service(overlay):
     from service.settings import Settings
 
@@ -186,8 +206,8 @@ def test_service_pdb_and_hpa_target_the_deployment(overlay):
     pod_labels = objs["Deployment"]["spec"]["template"]["metadata"]["labels"]
     service = objs["Service"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    (svc_port,) = service["spec"]["ports"]
-    assert named_port(server(overlay), svc_port["targetPort"]) == svc_port["port"]
+    for svc_port in service["spec"]["ports"]:
+        assert named_port(server(overlay), svc_port["targetPort"]) == svc_port["port"]
     assert objs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     ref = objs["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
     assert (ref["kind"], ref["name"]) == ("Deployment", objs["Deployment"]["metadata"]["name"])

@@ -20,12 +20,13 @@ def test_rate_meter_counts_a_sliding_window():
 
 def test_every_contract_metric_is_exported_with_the_deeplab_prefix():
     m = ServiceMetrics()
-    m.describe_model(get_config(DEFAULT_MODEL), "torch", "cpu", "fp32")
+    model = m.for_model("camvid", "1")
+    model.describe(get_config(DEFAULT_MODEL), "torch", "cpu", "fp32")
     m.requests.labels("/segment", "200").inc()
     m.request_duration.labels("/segment").observe(0.01)
-    m.queue_wait.observe(0.002)
-    m.observe_batch(3, 0.05)
-    m.track_queue(lambda: 7)
+    model.queue_wait.observe(0.002)
+    model.observe_batch(3, 0.05)
+    model.track(lambda: 7, type("Books", (), {"queued_work": 12})())
     text = m.render().decode()
     for name in (
         "deeplab_requests_total", "deeplab_request_duration_seconds_bucket", "deeplab_queue_wait_seconds_bucket",
@@ -33,23 +34,40 @@ def test_every_contract_metric_is_exported_with_the_deeplab_prefix():
         "deeplab_inflight_requests", "deeplab_images_total", "deeplab_measured_fps", "deeplab_model_info", "deeplab_ready",
     ):
         assert f"\n{name}" in text, name
-    assert metric(text, "deeplab_queue_depth") == 7
-    assert metric(text, "deeplab_images_total") == 3
-    assert metric(text, "deeplab_batch_size_sum") == 3
-    assert metric(text, "deeplab_measured_fps") == 0.3  # 3 images in a 10 s window
-    assert metric(text, "deeplab_model_info", config=DEFAULT_MODEL, backend="torch") == 1
+    labels = {"model": "camvid", "version": "1"}
+    assert metric(text, "deeplab_queue_depth", **labels) == 7
+    assert metric(text, "deeplab_queued_work_pixels", **labels) == 12
+    assert metric(text, "deeplab_images_total", **labels) == 3
+    assert metric(text, "deeplab_batch_size_sum", **labels) == 3
+    assert metric(text, "deeplab_measured_fps", **labels) == 0.3  # 3 images in a 10 s window
+    assert metric(text, "deeplab_model_info", **labels, config=DEFAULT_MODEL, backend="torch") == 1
     assert "deeplab_reference_fps{" not in text  # the CamVid config has no seed-table row
+
+
+def test_each_models_series_go_when_it_is_unloaded():
+    m = ServiceMetrics()
+    kept, gone = m.for_model("kept", "1"), m.for_model("gone", "2")
+    for model in (kept, gone):
+        model.describe(get_config(CITYSCAPES_R18), "torch", "cpu", "fp32")
+        model.observe_batch(2, 0.01)
+        model.refuse("queue_full")
+    gone.remove()
+    text = m.render().decode()
+    assert 'model="gone"' not in text
+    assert metric(text, "deeplab_images_total", model="kept") == 2
+    assert metric(text, "deeplab_admission_refusals_total", model="kept", reason="queue_full") == 1
+    assert metric(text, "deeplab_reference_fps", model="kept", config=CITYSCAPES_R18) == 14.27
 
 
 def test_reference_fps_comes_from_the_seed_table():
     cfg = get_config(CITYSCAPES_R18)
     m = ServiceMetrics()
-    m.describe_model(cfg, "tensorrt", "cuda", "fp16")
+    m.for_model("city", "1").describe(cfg, "tensorrt", "cuda", "fp16")
     text = m.render().decode()
     assert metric(text, "deeplab_reference_fps", config=CITYSCAPES_R18, gpu="V100") == cfg.zoo.fps == 14.27
 
 
 def test_each_app_has_its_own_registry():
     a, b = ServiceMetrics(), ServiceMetrics()
-    a.images.inc(5)
+    a.for_model("camvid", "1").observe_batch(5, 0.01)
     assert metric(b.render().decode(), "deeplab_images_total") == 0

@@ -211,7 +211,7 @@ def test_keys_drain_and_shutdown():
             assert "API key is required" in refused(lambda: client.is_server_ready(), "UNAUTHENTICATED")
             refused(lambda: client.is_server_ready(headers={"x-api-key": "wrong"}), "UNAUTHENTICATED")
             assert client.is_server_ready(headers=signed)
-            server.runtime.begin_drain()
+            server.repository.begin_drain()
             assert not client.is_server_ready(headers=signed) and not client.is_model_ready(MODEL, headers=signed)
             refused(lambda: client.infer(MODEL, [image_input(jpeg(1))], headers=signed), "UNAVAILABLE")
         finally:

@@ -309,7 +309,7 @@ def test_a_draining_server_is_not_ready_in_the_protocols_form():
     url = f"http://127.0.0.1:{settings.port}"
     try:
         wait_ready_in_thread(thread, url, "/v2/health/ready")
-        server.runtime.begin_drain()
+        server.repository.begin_drain()
         assert httpx.get(url + "/v2/health/live").status_code == 200
         for r in (
             httpx.get(url + "/v2/health/ready"),

@@ -25,11 +25,12 @@ from service.backends.pytorch import TorchBackend
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES_PER_OPERATION = 100  # per generation mode; bounds the whole file to well under a minute
-OPERATIONS = {"POST /segment", "GET /v1/models", "GET /healthz", "GET /readyz", "GET /metrics"}
+OPERATIONS = {"POST /segment", "GET /v1/models", "GET /v1/models/{name}", "GET /healthz", "GET /readyz", "GET /metrics"}
 OPERATIONS |= {  # the Open Inference Protocol (service.oip)
     "GET /v2", "GET /v2/health/live", "GET /v2/health/ready",
     *(f"GET /v2/models/{{name}}{v}{tail}" for v in ("", "/versions/{version}") for tail in ("", "/ready", "/config")),
     "POST /v2/models/{name}/infer", "POST /v2/models/{name}/versions/{version}/infer",
+    "POST /v2/repository/index", "POST /v2/repository/models/{name}/load", "POST /v2/repository/models/{name}/unload",
 }  # fmt: skip
 
 
@@ -111,7 +112,7 @@ def test_a_real_image_is_answered_as_documented(api_schema, served, fmt, mask, m
 @pytest.mark.parametrize("binary", [False, True], ids=["JSON outputs", "binary outputs"])
 def test_a_real_inference_request_is_answered_as_documented(api_schema, served, binary):
     """The fuzzed names above are unknown models (404): one real request to the served one."""
-    name = httpx.get(served + "/v1/models").json()["config"]
+    name = httpx.get(served + "/v1/models").json()["default"]
     body = {
         "inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(IMAGE).decode()]}],
         "outputs": [{"name": "LABELS", "parameters": {"binary_data": binary}}],

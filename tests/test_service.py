@@ -141,9 +141,13 @@ def test_concurrent_distinct_images_each_get_their_own_result_in_real_batches(se
 def test_models_endpoint(server):
     r = httpx.get(server + "/v1/models")
     assert r.status_code == 200
-    body = r.json()
+    listing = r.json()
+    assert listing["default"] == DEFAULT_MODEL and len(listing["models"]) == 1
+    body = listing["models"][0]
+    assert httpx.get(f"{server}/v1/models/{DEFAULT_MODEL}").json() == body
+    assert httpx.get(f"{server}/v1/models/nope").status_code == 404
     cfg = get_config(DEFAULT_MODEL)
-    assert body["config"] == DEFAULT_MODEL
+    assert (body["name"], body["version"], body["config"]) == (DEFAULT_MODEL, "1", DEFAULT_MODEL)
     assert body["classes"] == list(cfg.dataset.classes)
     assert body["palette"] == [list(p) for p in cfg.dataset.palette]
     # the setting is auto: what is reported is the precision the CPU engine really runs
@@ -173,9 +177,9 @@ def test_metrics_content(server):
         assert f"\n{name}" in text, name
     assert metric(text, "deeplab_requests_total", endpoint="/segment", code="200") >= 1
     assert metric(text, "deeplab_requests_total", endpoint="/segment", code="415") >= 1
-    assert metric(text, "deeplab_model_info", config=DEFAULT_MODEL, backend="torch", device="cpu", precision="fp32") == 1
+    assert metric(text, "deeplab_model_info", model=DEFAULT_MODEL, version="1", config=DEFAULT_MODEL, backend="torch", device="cpu", precision="fp32") == 1
     assert metric(text, "deeplab_ready") == 1
-    assert metric(text, "deeplab_images_total") >= 1
+    assert metric(text, "deeplab_images_total", model=DEFAULT_MODEL, version="1") >= 1
     assert metric(text, "deeplab_measured_fps") > 0
     assert 'le="0.001"' in text and 'le="10.0"' in text  # latency buckets resolve 1 ms .. 10 s
 
@@ -186,7 +190,7 @@ def test_openapi_describes_endpoints_and_errors(server):
     assert set(seg["requestBody"]["content"]) == {"multipart/form-data", "image/*"}
     assert {"200", "400", "413", "415", "422", "429", "503", "504"} <= set(seg["responses"])
     assert set(seg["responses"]["200"]["content"]) == {"image/png", "application/octet-stream", "image/jpeg", "application/json"}
-    assert {p["name"] for p in seg["parameters"]} == {"format", "mask"}
+    assert {p["name"] for p in seg["parameters"]} == {"format", "mask", "model", "version"}
     for path in ("/v1/models", "/healthz", "/readyz", "/metrics"):
         assert "get" in spec["paths"][path]
     assert "503" in spec["paths"]["/readyz"]["get"]["responses"]
@@ -199,7 +203,7 @@ def test_models_endpoint_publishes_provenance_but_not_the_training_command_or_da
             "recipe": {"data": secret, "work_dir": "/home/trainer/runs"}, "val": {"mIoU": 61.5, "aAcc": 90.1}, "iterations": 1000}  # fmt: skip
     checkpoint = save_checkpoint(small_net(seed=7), tmp_path / "trained.pth", meta=meta)
     with running_server(None, model=str(checkpoint), precision="bf16") as url:
-        body = httpx.get(url + "/v1/models").json()
+        body = httpx.get(url + "/v1/models").json()["models"][0]
         info = metric(httpx.get(url + "/metrics").text, "deeplab_model_info", backend="torch", precision="bf16")
     text = str(body)
     assert "/home/trainer" not in text and "python -m" not in text and "command" not in text

@@ -40,6 +40,8 @@ from service.backends.pytorch import TorchBackend
 from service.backends.tensorrt import TensorRTBackend
 from service.errors import NotReady, QueueFull
 from service.metrics import ServiceMetrics
+from service.admission import MemoryBudget
+from service.repository.specs import ModelSpec
 from service.runtime import Runtime
 from service.settings import Settings, choices_of
 
@@ -181,6 +183,11 @@ def test_torch_backend_bf16_mostly_agrees_with_fp32():
     assert (fp32.infer(batch) == bf16.infer(batch)).mean() > 0.8
 
 
+def runtime_for(settings: Settings, backend) -> Runtime:
+    """One model's runtime as the repository builds it, with its own codec threads and budget."""
+    return Runtime(ModelSpec(None), settings, ServiceMetrics(), ThreadPoolExecutor(2), MemoryBudget(1 << 30), backend)
+
+
 def test_warm_up_covers_main_buckets_at_every_batch_size_on_cuda():
     policy = InputPolicy((480, 360), (124, 116, 104))
     main, rest = policy.warm_up_shapes(4, per_batch_size=True)
@@ -189,7 +196,7 @@ def test_warm_up_covers_main_buckets_at_every_batch_size_on_cuda():
     assert {n for n, _, _ in rest} == {4}
     assert policy.warm_up_shapes(4, per_batch_size=False) == ([(1, 360, 480), (1, 480, 360)], [])
     # the runtime only decides by device whether shapes are specialised per batch size
-    runtime = Runtime(Settings(device="cuda", max_batch_size=4), ServiceMetrics(), TorchBackend(net=small_net(), device="cuda"))
+    runtime = runtime_for(Settings(device="cuda", max_batch_size=4), TorchBackend(net=small_net(), device="cuda"))
     runtime.policy = policy
     assert runtime.warm_up_shapes() == (main, rest)
     runtime.backend.device = "cpu"
@@ -219,17 +226,18 @@ def test_admit_refuses_while_loading_when_full_and_while_draining_and_counts_in_
                 return await runtime.segment(data, reservation)
 
     async def queued(runtime, depth):
-        while metric(runtime.metrics.render().decode(), "deeplab_queue_depth") < depth:
+        while metric(runtime.service_metrics.render().decode(), "deeplab_queue_depth") < depth:
             await asyncio.sleep(0.01)  # waits on the queue-depth metric, not for a time
 
     async def scenario():
         backend = GatedBackend(small_net())
         settings = Settings(device="cpu", max_batch_size=1, queue_capacity=1, max_queue_delay_ms=0)
-        runtime = Runtime(settings, ServiceMetrics(), backend)
+        runtime = runtime_for(settings, backend)
         with pytest.raises(NotReady, match="loading"):
             async with runtime.admit():
                 pass
         await runtime.start()
+        runtime.open()
         backend.gated = True
         data = image_bytes(scene(1))
         first = asyncio.ensure_future(admitted(runtime, data))

@@ -57,7 +57,7 @@ def test_python_m_service_serves_the_builtin_model_and_exits_0_on_sigterm(camvid
         labels = labels_of(r)
         assert labels.shape == np.asarray(Image.open(photo)).shape[:2]
         assert labels.max() < 11
-        assert httpx.get(url + "/v1/models").json()["config"] == "deeplabv3plus_r18-d8_camvid-360x480"
+        assert httpx.get(url + "/v1/models").json()["default"] == "deeplabv3plus_r18-d8_camvid-360x480"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         log = proc.stdout.read()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,3 +85,13 @@ class Backend(abc.ABC):
     def describe(self) -> dict:
         """Extra facts for /v1/models (engine versions, engine-specific settings)."""
         return {}
+
+    def memory_bytes(self) -> int:
+        """What the loaded weights hold on the device (a load's memory check); default: the
+        model file's size."""
+        path = Path(self.model) if self.model else None
+        return path.stat().st_size if path is not None and path.is_file() else 0
+
+    def close(self) -> None:
+        """Drop the loaded model (the model was unloaded); default: nothing to do beyond
+        forgetting the references."""

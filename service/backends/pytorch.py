@@ -17,6 +17,7 @@ on the Triton kernels' float arguments, for little gain: bench/RESULTS.md.)
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -124,6 +125,16 @@ class TorchBackend(Backend):
         if self._device.type == "cuda":
             x = x.pin_memory()
         return self._pixels_to_labels(x.to(self._device, non_blocking=True)).cpu().numpy()
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.net.parameters(), *self.net.buffers()))
+
+    def close(self) -> None:
+        """Release the weights and the CUDA graphs' pool back to the device."""
+        self.net, self._graphs = None, None
+        gc.collect()
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def describe(self) -> dict:
         return {

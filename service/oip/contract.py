@@ -22,8 +22,7 @@ from service.errors import BadRequest
 from service.oip.wire import InputTensor, OutputTensor, pack_bytes
 
 IMAGE, PIXELS, LABELS, LABELS_PNG = "IMAGE", "PIXELS", "LABELS", "LABELS_PNG"
-VERSION = "1"  # one version per served model: the model the server loaded
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
 
 INPUTS = {
     IMAGE: ("BYTES", [-1], "encoded image files (JPEG/PNG/WebP/BMP/TIFF); base64 text in JSON"),
@@ -46,14 +45,14 @@ def server_metadata(version: str) -> dict:
     return {"name": "deeplab-serve", "version": version, "extensions": EXTENSIONS}
 
 
-def model_metadata(name: str, platform_name: str) -> dict:
+def model_metadata(name: str, versions: list[str], platform_name: str) -> dict:
     def tensors(spec):
         return [{"name": n, "datatype": t, "shape": s} for n, (t, s, _) in spec.items()]
 
-    return {"name": name, "versions": [VERSION], "platform": platform_name, "inputs": tensors(INPUTS), "outputs": tensors(OUTPUTS)}
+    return {"name": name, "versions": versions, "platform": platform_name, "inputs": tensors(INPUTS), "outputs": tensors(OUTPUTS)}
 
 
-def model_config(name: str, platform_name: str) -> dict:
+def model_config(name: str, versions: list[str], platform_name: str) -> dict:
     """Triton's model-configuration extension. Both inputs are optional (a request sends one)."""
 
     def tensors(spec, optional):
@@ -68,7 +67,7 @@ def model_config(name: str, platform_name: str) -> dict:
         "max_batch_size": 0,
         "input": tensors(INPUTS, True),
         "output": tensors(OUTPUTS, False),
-        "version_policy": {"latest": {"num_versions": 1}},
+        "version_policy": {"latest": {"num_versions": len(versions)}},
     }
 
 

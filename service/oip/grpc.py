@@ -8,8 +8,9 @@ limits as HTTP (``contract``, ``models``, ``infer``), and the drain counts it.
 
 ``ModelInfer`` takes ``IMAGE`` (BYTES: ``raw_input_contents``, each element a 4-byte little-endian
 length + the file, or ``contents.bytes_contents``) or ``PIXELS`` (UINT8) and answers every output
-in ``raw_output_contents``. Unknown request parameters are ignored. The repository calls are left
-UNIMPLEMENTED (the generated servicer's default). Errors map to status codes in ``STATUS``.
+in ``raw_output_contents``. Unknown request parameters are ignored. The repository calls
+(``control``) need ``enable_model_control`` and, with auth on, an admin key. Errors map to status
+codes in ``STATUS``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from model.pipeline.errors import ImageError
 from model.version import package_version
 from service import auth
 from service.errors import BadRequest, NotReady, ServiceError, from_image_error
-from service.oip import contract, infer, wire
-from service.oip.models import lookup, server_ready
+from service.oip import contract, control, infer, wire
+from service.oip.models import lookup, repository, server_ready
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -38,6 +39,7 @@ SERVICE = "inference.GRPCInferenceService"
 STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     408: grpc.StatusCode.DEADLINE_EXCEEDED,
     413: grpc.StatusCode.INVALID_ARGUMENT,
@@ -46,6 +48,7 @@ STATUS = {
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
+    507: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 _CONTENTS = {"BYTES": "bytes_contents", "UINT8": "uint_contents"}  # the contract's datatypes
 
@@ -71,6 +74,11 @@ def _rpc(method):
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
     return wrapper
+
+
+def _headers(context) -> dict[bytes, bytes]:
+    """The call's metadata as the HTTP auth code reads headers."""
+    return {k.encode(): v.encode("latin-1") for k, v in context.invocation_metadata() or () if isinstance(v, str)}
 
 
 def _inputs(request: service_pb2.ModelInferRequest) -> dict[str, wire.InputTensor]:
@@ -116,8 +124,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         ``auth_exempt_paths`` passes without one."""
         if self.auth is None or auth.is_exempt(f"/{SERVICE}/{rpc}", self.auth.exempt):
             return
-        metadata = context.invocation_metadata() or ()
-        self.auth.authenticate({k.encode(): v.encode("latin-1") for k, v in metadata if isinstance(v, str)})
+        self.auth.authenticate(_headers(context))
+
+    def require_control(self, context) -> None:
+        """The repository calls: model control on and, with auth on, an admin key (403 otherwise)."""
+        presented = None if self.auth is None else auth.presented_key(_headers(context))
+        key = None if presented is None else self.auth.keys.identify(presented)
+        control.require_allowed(repository(self.app).settings, key is not None and key.admin)
 
     @_rpc
     async def ServerLive(self, request, context):
@@ -142,15 +155,39 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_rpc
     async def ModelMetadata(self, request, context):
         runtime = lookup(self.app, request.name, request.version)
-        doc = contract.model_metadata(request.name, contract.platform(runtime.backend.name))
+        versions = repository(self.app).versions(request.name)
+        doc = contract.model_metadata(request.name, versions, contract.platform(runtime.backend.name))
         return json_format.ParseDict(doc, service_pb2.ModelMetadataResponse())
 
     @_rpc
     async def ModelConfig(self, request, context):
         runtime = lookup(self.app, request.name, request.version)
-        doc = contract.model_config(request.name, contract.platform(runtime.backend.name))
+        doc = contract.model_config(request.name, repository(self.app).versions(request.name), contract.platform(runtime.backend.name))
         config = json_format.ParseDict(doc, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)  # no "label" field
         return service_pb2.ModelConfigResponse(config=config)
+
+    @_rpc
+    async def RepositoryIndex(self, request, context):
+        self.require_control(context)
+        rows = repository(self.app).index()
+        response = service_pb2.RepositoryIndexResponse()
+        for row in rows:
+            if row["state"] == "READY" or not request.ready:
+                response.models.add(name=row["name"], version=row.get("version", ""), state=row["state"], reason=row["reason"])
+        return response
+
+    @_rpc
+    async def RepositoryModelLoad(self, request, context):
+        self.require_control(context)
+        parameters = {k: p.string_param for k, p in request.parameters.items() if p.WhichOneof("parameter_choice") == "string_param"}
+        await repository(self.app).load(request.model_name, control.load_config(parameters))
+        return service_pb2.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(self, request, context):
+        self.require_control(context)
+        await repository(self.app).unload(request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()
 
     @_rpc
     async def ModelInfer(self, request, context):
@@ -161,7 +198,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             reservations = infer.reserve(runtime, images, wanted)
             try:
                 outputs = await infer.outputs(runtime, images, wanted, reservations)
-                response = service_pb2.ModelInferResponse(model_name=request.model_name, model_version=contract.VERSION, id=request.id)
+                response = service_pb2.ModelInferResponse(model_name=request.model_name, model_version=runtime.version, id=request.id)
                 for out in outputs:
                     response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
                     response.raw_output_contents.append(out.raw)

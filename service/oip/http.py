@@ -2,10 +2,14 @@
 
 Errors on these paths are rendered in the protocol's ``{"error": message}`` form by the app's
 handlers (``service.app``) with the statuses /segment uses: 400 bad tensors, 404 unknown model,
-413 too large, 429 queue full, 503 not ready or memory busy, 504 queued too long.
+413 too large, 429 queue full, 503 not ready or memory busy, 504 queued too long; the repository
+extension (``control``) adds 403 (model control off, or no admin key) and 507 (a load that does not
+fit the device's memory).
 """
 
 from __future__ import annotations
+
+import json
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -14,9 +18,9 @@ from starlette.requests import ClientDisconnect
 
 from model.version import package_version
 from service.api import ReleasedWhenSent
-from service.errors import NotReady, UnsupportedMediaType, UploadTooLarge
-from service.oip import contract, infer, wire
-from service.oip.models import lookup, server_ready
+from service.errors import BadRequest, NotReady, UnsupportedMediaType, UploadTooLarge
+from service.oip import contract, control, infer, wire
+from service.oip.models import lookup, repository, server_ready
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 CLIENT_CLOSED_REQUEST = 499
@@ -89,7 +93,7 @@ async def ready(request: Request) -> dict:
 
 async def _model_metadata(request: Request, name: str, version: str | None = None) -> dict:
     runtime = lookup(request.app, name, version)
-    return contract.model_metadata(name, contract.platform(runtime.backend.name))
+    return contract.model_metadata(name, repository(request.app).versions(name), contract.platform(runtime.backend.name))
 
 
 async def _model_ready(request: Request, name: str, version: str | None = None) -> dict:
@@ -99,7 +103,7 @@ async def _model_ready(request: Request, name: str, version: str | None = None) 
 
 async def _model_config(request: Request, name: str, version: str | None = None) -> dict:
     runtime = lookup(request.app, name, version)
-    return contract.model_config(name, contract.platform(runtime.backend.name))
+    return contract.model_config(name, repository(request.app).versions(name), contract.platform(runtime.backend.name))
 
 
 for path, endpoint, summary in [
@@ -109,7 +113,7 @@ for path, endpoint, summary in [
 ]:
     router.add_api_route(path, endpoint, methods=["GET"], summary=summary, responses=_NAMED)
     versioned = path.replace("{name}", "{name}/versions/{version}")
-    router.add_api_route(versioned, endpoint, methods=["GET"], summary=f"{summary} (version {contract.VERSION})", responses=_NAMED)
+    router.add_api_route(versioned, endpoint, methods=["GET"], summary=f"{summary} (one version)", responses=_NAMED)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -125,9 +129,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _response_head(name: str, doc: dict) -> dict:
+def _response_head(name: str, version: str, doc: dict) -> dict:
     request_id = doc.get("id")
-    return {"model_name": name, "model_version": contract.VERSION, **({"id": request_id} if isinstance(request_id, str) else {})}
+    return {"model_name": name, "model_version": version, **({"id": request_id} if isinstance(request_id, str) else {})}
 
 
 async def _infer(request: Request, name: str, version: str | None = None) -> Response:
@@ -144,7 +148,7 @@ async def _infer(request: Request, name: str, version: str | None = None) -> Res
         reservations = infer.reserve(runtime, images, wanted)  # 413 / 429 / 503 before any work
         try:
             outputs = await infer.outputs(runtime, images, wanted, reservations)
-            content, headers = await runtime.encode(wire.encode_response, _response_head(name, doc), outputs)
+            content, headers = await runtime.encode(wire.encode_response, _response_head(name, runtime.version, doc), outputs)
         except BaseException:
             for reservation in reservations:
                 reservation.release()
@@ -157,6 +161,44 @@ for path in ("/models/{name}/infer", "/models/{name}/versions/{version}/infer"):
         path, _infer, methods=["POST"], summary="Inference: IMAGE or PIXELS in, LABELS and/or LABELS_PNG out",
         response_class=Response, responses=_INFER_RESPONSES, openapi_extra=_INFER_BODY,
     )  # fmt: skip
+
+
+async def _control_body(request: Request) -> dict:
+    """The repository call's JSON body (may be empty), after the caller is allowed (403)."""
+    settings = repository(request.app).settings
+    control.require_allowed(settings, "admin" in getattr(request.scope.get("auth"), "scopes", ()))
+    body = await _read_body(request, 1 << 20)
+    try:
+        doc = json.loads(body) if body.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("parameters", {}), dict):
+        raise BadRequest("request body must be a JSON object; its parameters an object")
+    return doc
+
+
+_CONTROL = _errors(400, 403, 404, 503, 507)
+
+
+@router.post("/repository/index", summary="Models of the repository and their state (READY, LOADING, UNAVAILABLE)", responses=_CONTROL)
+async def repository_index(request: Request) -> list[dict]:
+    doc = await _control_body(request)
+    rows = repository(request.app).index()
+    return [r for r in rows if r["state"] == "READY"] if doc.get("ready") else rows
+
+
+@router.post("/repository/models/{name}/load", summary="Load or replace a model from the repository (parameters.config: JSON model settings)", responses=_CONTROL)
+async def repository_load(request: Request, name: str) -> dict:
+    doc = await _control_body(request)
+    await repository(request.app).load(name, control.load_config(doc.get("parameters", {})))
+    return {}
+
+
+@router.post("/repository/models/{name}/unload", summary="Unload a model once its accepted requests are answered", responses=_CONTROL)
+async def repository_unload(request: Request, name: str) -> dict:
+    await _control_body(request)
+    await repository(request.app).unload(name)
+    return {}
 
 
 def error_response(status: int, detail: str, headers: dict | None = None) -> JSONResponse:

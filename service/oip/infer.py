@@ -17,8 +17,23 @@ from model.pipeline import render
 from model.pipeline.errors import ImageError
 from model.pipeline.restore import restore_labels
 from service.admission import Reservation, estimate
-from service.errors import BadRequest, ImageTooLarge, ServiceError, TooManyImages, from_image_error
-from service.oip.contract import IMAGE, LABELS, LABELS_PNG, PIXELS, Images, Wanted, check_one_size, output_tensors
+from service.errors import (
+    BadRequest,
+    ImageTooLarge,
+    ServiceError,
+    TooManyImages,
+    from_image_error,
+)
+from service.oip.contract import (
+    IMAGE,
+    LABELS,
+    LABELS_PNG,
+    PIXELS,
+    Images,
+    Wanted,
+    check_one_size,
+    output_tensors,
+)
 from service.oip.wire import OutputTensor
 from service.runtime import Runtime
 
@@ -47,7 +62,7 @@ def _reserve_pixels(runtime: Runtime, pixels: np.ndarray, output: str) -> Reserv
     try:
         return runtime.admission.reserve(cost)
     except ServiceError as exc:
-        runtime.metrics.refused.labels(exc.code).inc()
+        runtime.metrics.refuse(exc.code)
         raise
 
 
