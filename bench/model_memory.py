@@ -18,6 +18,7 @@ import argparse
 import datetime
 import gc
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +34,6 @@ CONFIGS = [
     "deeplabv3plus_r18-d8_4xb2-80k_cityscapes-512x1024",
     "deeplabv3plus_r50-d8_4xb2-40k_cityscapes-512x1024",
     "deeplabv3plus_r101-d8_4xb2-40k_cityscapes-512x1024",
-    "deeplabv3plus_r50-d16-mg124_4xb2-40k_cityscapes-512x1024",
     "deeplabv3plus_r101-d16-mg124_4xb2-40k_cityscapes-512x1024",
     "deeplabv3plus_r18-d8_camvid-360x480",
 ]
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['peak_reserved_bytes'] / mb:9.0f} {r['values_per_pixel']:9.1f} {r['estimate_bytes'] / mb:11.0f}")  # fmt: skip
     doc = {
         "what": "device memory a served torch model holds after warming batch sizes 1..max at its largest bucket",
-        "command": "python -m bench.model_memory " + " ".join(argv or []),
+        "command": "python -m bench.model_memory " + " ".join(sys.argv[1:] if argv is None else argv),
         "hardware": torch.cuda.get_device_name(args.device), "torch": torch.__version__,
         "date": datetime.date.today().isoformat(), "rows": rows,
     }  # fmt: skip

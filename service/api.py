@@ -24,7 +24,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from model.pipeline import render
-from service import multi_image
+from service import multi_image, tracing
 from service.admission import Reservation
 from service.errors import (
     BadRequest,
@@ -219,7 +219,11 @@ async def segment(
         reservation = runtime.reserve(data, format, mask == "rle")
         try:
             result = await _unless_disconnected(request, runtime.segment(data, reservation, format == "overlay"))
-            response = Response(status_code=CLIENT_CLOSED_REQUEST) if result is None else await _render(runtime, result, format, mask, started)
+            if result is None:
+                response = Response(status_code=CLIENT_CLOSED_REQUEST)
+            else:
+                with tracing.span("encode", {"deeplab.format": format}):
+                    response = await _render(runtime, result, format, mask, started)
         except BaseException:
             reservation.release()
             raise
@@ -238,7 +242,8 @@ async def _segment_several(request: Request, runtime: Runtime, uploads: list[Upl
         if outcomes is None:
             response = Response(status_code=CLIENT_CLOSED_REQUEST)
         else:
-            response = await multi_image.answer(runtime, uploads, outcomes, fmt, mask == "rle", started)
+            with tracing.span("encode", {"deeplab.format": fmt}):
+                response = await multi_image.answer(runtime, uploads, outcomes, fmt, mask == "rle", started)
     except BaseException:
         multi_image.release(reservations)
         raise

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -16,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from model.pipeline.errors import ImageError
 from model.version import package_version
-from service import api, security
+from service import api, security, web
 from service.backends import Backend
 from service.docs import add_docs
 from service.errors import InvalidParameter, ServiceError, from_image_error
@@ -25,6 +26,7 @@ from service.middleware import RequestMiddleware
 from service.oip import http as oip_http
 from service.repository.registry import Repository
 from service.settings import Settings
+from service.tracing import Tracing
 
 log = logging.getLogger("service")
 
@@ -64,6 +66,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     metrics = ServiceMetrics()
     repository = Repository(settings, metrics, backend)
+    tracing = Tracing.from_settings(settings)  # None unless tracing_exporter is set
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -75,6 +78,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
             repository.start_error = exc
         yield
         await repository.stop()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)  # export the last spans
 
     app = FastAPI(
         title="DeepLabV3+ segmentation service",
@@ -86,8 +91,10 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         redirect_slashes=False,  # its 307 would echo the client's Host header: /segment/ is a 404
     )
     app.state.repository = repository
+    app.state.tracing = tracing
     app.include_router(api.router)
     app.include_router(oip_http.router)  # the Open Inference Protocol under /v2
+    app.include_router(web.router)  # the page at / and its live panel's /v1/stats (service.web)
     add_docs(app)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(ImageError, _image_error)
@@ -95,5 +102,5 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     security.install(app, settings)  # API keys, CORS, security headers: inside the request log
-    app.add_middleware(RequestMiddleware, metrics=metrics)
+    app.add_middleware(RequestMiddleware, metrics=metrics, tracing=tracing)
     return app

@@ -119,8 +119,9 @@ class TokenBucket:
 
 
 def is_exempt(path: str, exempt: list[str]) -> bool:
-    """Exact paths, or everything under an entry that ends in ``/``."""
-    return any(path == e or (e.endswith("/") and path.startswith(e)) for e in exempt)
+    """Exact paths, or everything under an entry that ends in ``/``; ``/`` itself is only the web
+    page (as a prefix it would exempt every path and turn auth off)."""
+    return any(path == e or (e.endswith("/") and e != "/" and path.startswith(e)) for e in exempt)
 
 
 class AuthMiddleware:

@@ -5,6 +5,11 @@ apps side by side. Gauges that mirror live state (queue depth, fps) are computed
 from callbacks instead of being pushed, so they can never go stale. Series about one served model
 carry the labels ``model`` and ``version`` (as Triton's do); ``ModelMetrics`` is that model's view,
 and unloading the model removes its series.
+
+Beside the service's own series the registry holds the GPUs' (``service.gpu_metrics``, none without
+a GPU) and the process's (prometheus-client's ``process_*`` and ``python_info``). No ``_created``
+series: prometheus-client only offers turning them off process-wide, which this module does on
+import; they double the series of every counter and histogram and no dashboard reads them.
 """
 
 from __future__ import annotations
@@ -14,14 +19,23 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
+
+from model.configs import DEFAULT_MODEL
+from service.gpu_metrics import GpuCollector
+
+disable_created_metrics()
 
 # 1 ms .. 10 s, roughly x2 per step: resolves a fast GPU batch and a slow CPU request alike.
 # Fine between 50 and 400 ms, where a GPU service's latency objectives sit (p99 <= 150 ms, say).
@@ -52,10 +66,36 @@ class RateMeter:
 MODEL_LABELS = ("model", "version")
 
 
+@dataclass(frozen=True)
+class MeasuredReference:
+    """Our own fps figure for a config the seed table has no row for."""
+
+    fps: float
+    gpu: str
+    result_file: str  # under bench/results/ (tests/test_metrics.py checks the figure against it)
+
+
+# The built-in model's reference: `bench.model_bench` at batch 1, torch fp16 on one H200
+# (service/README.md "Metrics"), so "measured vs reference fps" is never empty for it.
+MEASURED_REFERENCE = {DEFAULT_MODEL: MeasuredReference(463.39, "H200", "model_bench_nvidia-h200_torch_fp16.json")}
+
+
+def reference_fps(cfg) -> tuple[float, str, str] | None:
+    """``(fps, gpu, source)`` for a config: the seed table's row, else our measurement, else None."""
+    zoo = cfg.zoo
+    if zoo is not None and zoo.fps is not None:
+        return zoo.fps, zoo.fps_gpu or "unknown", "seed_table"
+    measured = MEASURED_REFERENCE.get(cfg.name)
+    return None if measured is None else (measured.fps, measured.gpu, "measured")
+
+
 class ServiceMetrics:
     def __init__(self):
         self.registry = CollectorRegistry()
         r, m = self.registry, MODEL_LABELS
+        r.register(GpuCollector())
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        PlatformCollector(registry=r)  # python_info
         self.requests = Counter(
             "deeplab_requests", "HTTP requests by endpoint and status code", ["endpoint", "code"], registry=r
         )
@@ -82,8 +122,9 @@ class ServiceMetrics:
         self.images = Counter("deeplab_images", "Images segmented", m, registry=r)
         self.measured_fps = Gauge("deeplab_measured_fps", "Images segmented per second over the last 10 s", m, registry=r)
         self.reference_fps = Gauge(
-            "deeplab_reference_fps", "Seed table (mmseg model zoo) fps for the served config",
-            [*m, "config", "gpu"], registry=r,
+            "deeplab_reference_fps", "Reference fps for the served config: the seed table's (mmseg model zoo, "
+            "source=seed_table), else our own measurement (source=measured)",
+            [*m, "config", "gpu", "source"], registry=r,
         )
         self.model_info = Gauge(
             "deeplab_model_info", "Served model (value is always 1)",
@@ -137,9 +178,10 @@ class ModelMetrics:
 
     def describe(self, cfg, backend: str, device: str, precision: str) -> None:
         self._child(self.parent.model_info, cfg.name, backend, device, precision).set(1)
-        zoo = cfg.zoo
-        if zoo is not None and zoo.fps is not None:
-            self._child(self.parent.reference_fps, cfg.name, zoo.fps_gpu or "unknown").set(zoo.fps)
+        reference = reference_fps(cfg)
+        if reference is not None:
+            fps, gpu, source = reference
+            self._child(self.parent.reference_fps, cfg.name, gpu, source).set(fps)
 
     def observe_batch(self, size: int, inference_s: float) -> None:
         p = self.parent

@@ -25,6 +25,7 @@ import numpy as np
 from model.pipeline.buckets import InputPolicy, Prepared
 from model.pipeline.decode import decode_scaled, probe
 from model.pipeline.restore import restore_labels
+from service import tracing
 from service.admission import Admission, MemoryBudget, Reservation, estimate
 from service.backends import Backend, create_backend
 from service.batcher import Batcher, Outcome
@@ -68,9 +69,10 @@ class Runtime:
         self.admission: Admission | None = None
 
     def warm_up_shapes(self) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
-        """``(tuned, untuned)`` batch shapes to warm up. On CUDA, kernels and graphs are specialised
-        per shape, so every batch size of the main buckets is warmed with cuDNN's per-shape tuning
-        (slow) and the rare buckets without it (fast, and nearly as quick to run: bench/RESULTS.md)."""
+        """``(tuned, untuned)`` batch shapes to warm up (``InputPolicy.warm_up_shapes``). On CUDA,
+        kernels and graphs are specialised per shape: the main buckets at the max batch size get
+        cuDNN's per-shape tuning (slow), the ladder's smaller sizes not (fast, and nearly as quick
+        to run: bench/RESULTS.md), other buckets are captured on first use."""
         on_cuda = str(self.backend.device).startswith("cuda")
         return self.policy.warm_up_shapes(self.settings.max_batch_size, per_batch_size=on_cuda)
 
@@ -219,11 +221,13 @@ class Runtime:
     async def segment(self, data: bytes, reservation: Reservation, keep_rgb: bool = False) -> Segmentation:
         """Decode, batch, restore; ``reservation`` (from ``reserve``) must be held throughout."""
         loop = asyncio.get_running_loop()
-        rgb, prepared, staged = await loop.run_in_executor(self.pool, self._decode, data, reservation)
+        with tracing.span("decode"):
+            rgb, prepared, staged = await loop.run_in_executor(self.pool, self._decode, data, reservation)
         rgb = rgb if keep_rgb else None  # not needed past the bucket: free it before the queue
-        outcome = await self.batcher.submit(prepared.bucket, (reservation, staged))
+        outcome = await tracing.submit(self.batcher, prepared.bucket, (reservation, staged))
         self.metrics.queue_wait.observe(outcome.queue_s)
-        labels = await loop.run_in_executor(self.pool, restore_labels, outcome.value, prepared)
+        with tracing.span("restore"):
+            labels = await loop.run_in_executor(self.pool, restore_labels, outcome.value, prepared)
         return Segmentation(rgb, labels, outcome)
 
     async def encode(self, fn, *args) -> bytes:

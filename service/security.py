@@ -1,8 +1,9 @@
 """What browsers are told: security headers on every response, CORS (off unless origins are set),
 and the wiring of these and of API-key auth (service.auth) around the app.
 
-The responses are JSON and images, never pages to render (only /docs and /redoc are, and they set
-their own policy in service.docs), so the default Content-Security-Policy allows nothing at all.
+The responses are JSON and images, never pages to render (only /docs and /redoc are, and the web
+page at /, and they set their own policy in service.docs and service.web), so the default
+Content-Security-Policy allows nothing at all.
 """
 
 from __future__ import annotations

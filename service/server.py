@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import logging
 import signal
 
@@ -94,6 +95,8 @@ def serve(settings: Settings, backend: Backend | None = None) -> None:
     """Run until shut down; ``SystemExit`` with the one-line reason when the configuration (e.g. a
     bad API keys file) or the model cannot be loaded."""
     configure(settings.log_level, settings.log_format)
+    if settings.cache_dir is not None:  # before any kernel compiles; an explicit TRITON_CACHE_DIR wins
+        os.environ.setdefault("TRITON_CACHE_DIR", str(settings.cache_dir / "triton"))
     try:
         server = build_server(settings, backend)
     except ValueError as exc:

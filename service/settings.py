@@ -66,7 +66,10 @@ class Settings(BaseSettings):
     backend: BackendChoice = Field(
         AUTO, description="inference backend; auto = chosen from the model file's extension"
     )
-    device: str = Field(default_factory=default_device, description="cpu, cuda or cuda:N")
+    device: str = Field(
+        default_factory=default_device, description="cpu, cuda:N, or cuda = every visible GPU (one replica of "
+        "each model per GPU behind one batcher), or a list such as cuda:0,cuda:1",
+    )
     precision: PrecisionChoice = Field(
         AUTO,
         description="auto = the best the backend runs on this device (torch: fp16 on CUDA, fp32 on CPU; "
@@ -121,8 +124,21 @@ class Settings(BaseSettings):
         "scaling): far less memory and time, labels nearly identical; not for format=overlay",
     )
     decode_threads: int = Field(4, ge=1, description="threads for decoding and PNG/JPEG encoding")
+    cache_dir: Path | None = Field(
+        None, description="compiled GPU kernels (Triton's cache) are kept here across restarts (mount a volume): "
+        "a warm cache makes start-up seconds faster; unset = TRITON_CACHE_DIR if set, else ~/.triton/cache",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log threshold")
     log_format: Literal["json", "text"] = Field("json", description="json lines (with request_id) or plain text")
+    tracing_exporter: Literal["none", "otlp-http", "otlp-grpc"] = Field(
+        "none", description="OpenTelemetry traces of each request (spans receive, decode, queue, inference, "
+        "restore, encode; a W3C traceparent is continued; the request id becomes the trace id) sent over OTLP; "
+        "none = off, at no cost. OTEL_* variables (headers, sampler, resource) apply",
+    )
+    tracing_endpoint: str | None = Field(
+        None, description="the OTLP traces endpoint, e.g. http://collector:4318/v1/traces (otlp-http) or "
+        "http://collector:4317 (otlp-grpc)",
+    )
     drain_timeout_s: float = Field(
         25.0, gt=0, description="after SIGTERM, how long queued/in-flight requests may take"
     )
@@ -150,9 +166,10 @@ class Settings(BaseSettings):
         [], description="keys that may also use model-control endpoints (same form); they are API keys too"
     )
     auth_exempt_paths: Paths = Field(
-        ["/healthz", "/readyz", "/metrics", "/v2/health/"],
-        description="paths served without a key when auth is on (probes, Prometheus); an entry ending in / "
-        "covers every path under it",
+        ["/healthz", "/readyz", "/metrics", "/v2/health/", "/", "/ui/"],
+        description="paths served without a key when auth is on (probes, Prometheus, the web page and its "
+        "files: the page's API calls send the key typed into it); an entry ending in / covers every path "
+        "under it, except / itself, which is the page alone",
     )
     rate_limit_per_key: float = Field(
         0.0, ge=0, description="requests per second each API key may make, bursts of one second's worth "
@@ -190,11 +207,13 @@ class Settings(BaseSettings):
 _DEFAULT_TEXT = {
     "model": "the built-in model",
     "model_repository": "none",
+    "cache_dir": "none (Triton's default)",
     "instances": "the backend's choice",
     "device": "cuda if available, else cpu",
     "api_keys_file": "none (auth off unless key digests are set)",
     "memory_budget_bytes": "from the container's memory limit",
     "queue_capacity_pixels": "queue_capacity full buckets",
+    "tracing_endpoint": "OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, else localhost",
 }
 
 

@@ -68,7 +68,7 @@ def parse_dockerfile() -> tuple[dict[str, str], dict[str, list[tuple[str, str]]]
 
 # ---- kustomize ------------------------------------------------------------------------------------
 
-SUPPORTED = {"apiVersion", "kind", "resources", "namespace", "patches", "images", "replacements"}
+SUPPORTED = {"apiVersion", "kind", "resources", "configMapGenerator", "namespace", "patches", "images", "replacements"}
 CLUSTER_SCOPED = {"Namespace"}
 # Strategic-merge keys of the list fields our patches touch (from the Kubernetes API's patchMergeKey).
 MERGE_KEYS = {
@@ -91,6 +91,7 @@ def render_kustomization(directory: Path) -> list[dict]:
     for res in kust.get("resources", []):
         path = directory / res
         docs += render_kustomization(path) if path.is_dir() else load_docs(path)
+    docs += [generated_config_map(directory, generator) for generator in kust.get("configMapGenerator", [])]
     for patch in kust.get("patches", []):
         if set(patch) != {"path"}:
             raise NotImplementedError(f"{directory}: only strategic-merge patch files are supported")
@@ -110,6 +111,18 @@ def render_kustomization(directory: Path) -> list[dict]:
             for path in target["fieldPaths"]:
                 set_field(find(docs, target["select"]["kind"], target["select"]["name"]), path, value)
     return docs
+
+
+def generated_config_map(directory: Path, generator: dict) -> dict:
+    """A configMapGenerator entry of whole files (key = file name), without a name hash."""
+    options = generator.get("options", {})
+    if set(generator) - {"name", "files", "options"} or set(options) - {"labels", "disableNameSuffixHash"}:
+        raise NotImplementedError(f"{directory}: configMapGenerator fields {sorted(generator)}, options {sorted(options)}")
+    if not options.get("disableNameSuffixHash") or any("=" in f for f in generator["files"]):
+        raise NotImplementedError(f"{directory}: only hash-less generators of plain file paths are supported")
+    metadata = {"name": generator["name"], **({"labels": options["labels"]} if "labels" in options else {})}
+    data = {Path(f).name: (directory / f).read_text() for f in generator["files"]}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
 
 
 def find(docs: list[dict], kind: str, name: str) -> dict:
@@ -254,13 +267,16 @@ def service_metrics() -> dict[str, set[str]]:
 
     Labelled metrics show no series until a label value is used, so one child of each is created
     first (on a fresh ServiceMetrics; the values are irrelevant, the label names are what we read).
+    The GPU series are taken from their collector's table: on a machine without a GPU it exports none.
     """
     from prometheus_client.metrics import MetricWrapperBase
 
+    from service.gpu_metrics import SERIES as GPU_SERIES
     from service.metrics import ServiceMetrics
 
     metrics = ServiceMetrics()
     for metric in vars(metrics).values():
         if isinstance(metric, MetricWrapperBase) and metric._labelnames:
             metric.labels(*["x"] * len(metric._labelnames))
-    return {s.name: set(s.labels) for family in metrics.registry.collect() for s in family.samples}
+    exposed = {s.name: set(s.labels) for family in metrics.registry.collect() for s in family.samples}
+    return exposed | {name: set(labels) for name, (_, labels) in GPU_SERIES.items()}

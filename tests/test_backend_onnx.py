@@ -65,7 +65,7 @@ def test_service_answers_with_the_same_png_as_the_torch_backend(r18, default_onn
         with running_server(None, model=str(model)) as url:
             response = post(url, image, content_type="image/jpeg")
             assert response.status_code == 200, response.text
-            described = httpx.get(url + "/v1/models").json()
+            described = httpx.get(url + "/v1/models").json()["models"][0]
             assert described["precision"] == "fp32"  # precision auto: what each engine runs on the CPU
             served[described["backend"]] = response
     assert set(served) == {"torch", "onnxruntime"}

@@ -27,6 +27,9 @@ from deploy_support import (
     service_metrics,
 )
 
+from service.gpu_metrics import SERIES as GPU_SERIES
+from service.gpu_metrics import load_nvml
+
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "deeplab-serve.json"
@@ -183,9 +186,14 @@ def test_grafana_provisioning_points_at_prometheus_and_dashboard():
     dashboard = json.loads(DASHBOARD.read_text())
     panels = dashboard["panels"]
     assert len({p["id"] for p in panels}) == len(panels)
+    # No hard-coded datasource: every query goes to the ${datasource} variable, whose default is
+    # Grafana's default Prometheus datasource, the provisioned one here (any one in a cluster).
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "datasource"]
+    assert variable["type"] == "datasource" and variable["query"] == source["type"] and not variable["current"]
+    assert source["isDefault"] is True
     for panel in panels:
         for ds in [panel["datasource"]] + [t["datasource"] for t in panel["targets"]]:
-            assert ds == {"type": "prometheus", "uid": source["uid"]}, panel["title"]
+            assert ds == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
 
 
 def test_grafana_needs_a_login_and_has_no_default_password():
@@ -218,6 +226,26 @@ def dashboard_queries() -> list[str]:
     return [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
 
 
+def test_dashboard_model_variable_lists_and_filters_the_served_models():
+    """$model holds the `model` label values of deeplab_model_info (every served model has that
+    series), and every query on a per-model series selects `model=~"$model"`."""
+    exposed = service_metrics()
+    (variable,) = [v for v in json.loads(DASHBOARD.read_text())["templating"]["list"] if v["name"] == "model"]
+    assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    query = variable["query"]["query"]
+    assert query == variable["definition"]
+    series, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", query).groups()
+    assert series == "deeplab_model_info" and label in exposed[series]
+    assert variable["includeAll"] and variable["multi"] and variable["allValue"] == ".*"
+    filtered = 0
+    for expr in dashboard_queries():
+        for name, _ in promql_selectors(expr):
+            if "model" in exposed[name]:
+                assert re.search(rf'{name}\{{[^}}]*model=~"\$model"', expr), f"{expr}: {name} ignores $model"
+                filtered += 1
+    assert filtered >= 8
+
+
 def check_queries_against_service(exprs: list[str]) -> set[str]:
     """Each query parses as PromQL and uses only series and labels the service exposes; returns the
     series used. Target labels that Prometheus itself attaches are allowed too."""
@@ -242,6 +270,16 @@ def test_dashboard_queries_use_the_service_metrics():
         "queue depth": "deeplab_queue_depth",
         "measured fps": "deeplab_measured_fps",
         "reference fps": "deeplab_reference_fps",
+        # issue 19: GPU, process and per-model panels
+        "GPU utilisation": "deeplab_gpu_utilization_ratio",
+        "GPU memory used": "deeplab_gpu_memory_used_bytes",
+        "GPU memory total": "deeplab_gpu_memory_total_bytes",
+        "GPU temperature": "deeplab_gpu_temperature_celsius",
+        "GPU power": "deeplab_gpu_power_watts",
+        "process CPU": "process_cpu_seconds_total",
+        "process RSS": "process_resident_memory_bytes",
+        "inference time per model": "deeplab_inference_duration_seconds_bucket",
+        "throughput per model": "deeplab_images_total",
     }
     missing = {what: name for what, name in required.items() if name not in used}
     assert not missing
@@ -311,6 +349,8 @@ def test_cpu_compose_settings_boot_a_server_prometheus_can_scrape(tmp_path):
         adapter = yaml.safe_load((ROOT / "deploy/k8s/prometheus-adapter/values.yaml").read_text())
         queries = dashboard_queries() + [rule["seriesQuery"] for rule in adapter["rules"]["custom"]]
         missing = {name for q in queries for name, _ in promql_selectors(q)} - exposed
+        if load_nvml() is None:  # no GPU here: the GPU series are rightly absent (service.gpu_metrics)
+            missing -= set(GPU_SERIES)
         assert not missing, f"not on /metrics: {sorted(missing)}"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=float(env["DEEPLAB_DRAIN_TIMEOUT_S"]) + 10) == 0

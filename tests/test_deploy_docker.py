@@ -188,5 +188,5 @@ def test_wheel_built_from_the_docker_context_carries_the_builtin_model(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = (tmp_path / "wheels").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in (weights, "model/zoo/model_zoo.json", "service/__main__.py", "export/build_engine.py"):
+    for needed in (weights, "model/zoo/model_zoo.json", "service/__main__.py", "export/build_engine.py", "service/web/static/index.html"):
         assert needed in names, f"{needed} is not in the image's wheel"

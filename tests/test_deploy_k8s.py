@@ -353,3 +353,16 @@ def test_api_keys_secret_example_is_valid_and_holds_no_usable_key(tmp_path):
     placeholder.write_text(secret["stringData"]["api-keys"])
     with pytest.raises(ValueError, match="holds no keys"):
         KeyRing.from_settings(Settings(api_keys_file=placeholder))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_grafana_dashboard_ships_as_a_configmap_for_the_sidecar(overlay):
+    """The dashboard compose provisions (deploy/grafana/dashboards), byte for byte, in a ConfigMap
+    labelled for Grafana's dashboard sidecar; its queries are checked in test_deploy_compose."""
+    dashboard = K8S.parent / "grafana" / "dashboards" / "deeplab-serve.json"
+    (config_map,) = [
+        d for d in rendered(overlay) if d["kind"] == "ConfigMap" and d["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+    ]
+    assert config_map["data"] == {dashboard.name: dashboard.read_text()}
+    assert config_map["metadata"]["namespace"] == objects(overlay)["Namespace"]["metadata"]["name"]
+    assert len(dashboard.read_bytes()) < 256 * 1024, "kubectl apply keeps a copy in an annotation of at most 256 KiB"

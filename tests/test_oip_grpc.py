@@ -24,6 +24,8 @@ from tritonclient.utils import InferenceServerException
 
 from model import DEFAULT_MODEL, get_config
 from service.backends.pytorch import TorchBackend
+from service.oip import grpc as oip_grpc
+from service.oip import wire
 from service.server import build_server
 from service.settings import Settings
 
@@ -151,6 +153,21 @@ def test_image_elements_in_contents_rather_than_raw(server, ports):
     (labels,) = response.raw_output_contents
     assert response.outputs[0].name == "LABELS" and list(response.outputs[0].shape) == [1, SIZE[1], SIZE[0]]
     np.testing.assert_array_equal(np.frombuffer(labels, np.uint8).reshape(SIZE[1], SIZE[0]), raw_labels(server, jpeg(8)))
+
+
+def test_the_answer_serialized_off_the_loop_is_protobufs_own_serialization():
+    """ModelInfer's answer is framed by hand (``_response_bytes``, so a label map is copied once);
+    the bytes must be those protobuf itself writes for the same message, for contents whose length
+    prefixes take one to four bytes, and an empty one."""
+    contents = [np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8).tobytes() for n in (2**21 + 5, 300, 0, 127)]
+    outputs = [wire.OutputTensor(f"T{i}", "UINT8", [len(c)], c, True) for i, c in enumerate(contents)]
+    fields = {"model_name": MODEL, "model_version": "1", "id": "r-9"}
+    expected = triton.service_pb2.ModelInferResponse(**fields, raw_output_contents=contents)
+    for out in outputs:
+        expected.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+    framed = oip_grpc._response_bytes(triton.service_pb2.ModelInferResponse(**fields), outputs)
+    assert framed == expected.SerializeToString()
+    assert triton.service_pb2.ModelInferResponse.FromString(framed) == expected
 
 
 def test_unknown_model_or_version_is_not_found(client):

@@ -6,6 +6,7 @@ leaves the served models untouched; unload waits for the model's accepted reques
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 
 import httpx
@@ -13,10 +14,14 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.http as triton_http
-from helpers import SlowBackend, free_port, image_bytes, labels_of, metric, running_server, scene, small_net
+from helpers import REPO, SlowBackend, free_port, image_bytes, labels_of, metric, running_server, scene, small_net
 from tritonclient.utils import InferenceServerException
 
 from model import DEFAULT_MODEL, build_model, get_config, save_checkpoint
+from model.pipeline.buckets import InputPolicy
+from model.precision import Precision
+from service.backends.pytorch import TorchBackend
+from service.repository.capacity import needed_bytes
 from service.repository.specs import parse_entry
 from service.settings import Settings
 
@@ -211,3 +216,16 @@ def test_model_control_over_grpc(tmp_path):
         with pytest.raises(InferenceServerException) as gone:
             client.get_model_metadata("alpha", headers=admin)
         assert gone.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_the_memory_check_bounds_every_measured_peak():
+    """The load check's coefficients are at least the peaks measured on the GPU (bench.model_memory)."""
+    measured = json.loads((REPO / "bench" / "results" / "model_memory.json").read_text())["rows"]
+    assert len(measured) >= 4
+    for row in measured:
+        cfg = get_config(row["config"])
+        backend = TorchBackend(net=build_model(cfg).eval())
+        backend.load()
+        backend.precision = Precision(row["precision"])  # the measured run's (fp16 on the GPU)
+        estimate = needed_bytes(backend, InputPolicy.for_config(cfg), row["max_batch"])
+        assert row["peak_reserved_bytes"] <= estimate <= 1.25 * row["peak_reserved_bytes"], row["config"]

@@ -26,6 +26,7 @@ from service.backends.pytorch import TorchBackend
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES_PER_OPERATION = 100  # per generation mode; bounds the whole file to well under a minute
 OPERATIONS = {"POST /segment", "GET /v1/models", "GET /v1/models/{name}", "GET /healthz", "GET /readyz", "GET /metrics"}
+OPERATIONS |= {"GET /v1/stats"}  # the web page's live panel (service.web)
 OPERATIONS |= {  # the Open Inference Protocol (service.oip)
     "GET /v2", "GET /v2/health/live", "GET /v2/health/ready",
     *(f"GET /v2/models/{{name}}{v}{tail}" for v in ("", "/versions/{version}") for tail in ("", "/ready", "/config")),

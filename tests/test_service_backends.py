@@ -40,6 +40,8 @@ from service.backends.pytorch import TorchBackend
 from service.backends.tensorrt import TensorRTBackend
 from service.errors import NotReady, QueueFull
 from service.metrics import ServiceMetrics
+from model.accel.cuda_graphs import MAX_PADDING
+from model.pipeline.buckets import batch_ladder
 from service.admission import MemoryBudget
 from service.repository.specs import ModelSpec
 from service.runtime import Runtime
@@ -188,12 +190,20 @@ def runtime_for(settings: Settings, backend) -> Runtime:
     return Runtime(ModelSpec(None), settings, ServiceMetrics(), ThreadPoolExecutor(2), MemoryBudget(1 << 30), backend)
 
 
-def test_warm_up_covers_main_buckets_at_every_batch_size_on_cuda():
+def test_batch_ladder_keeps_padding_under_half_and_start_up_logarithmic():
+    for top in (1, 5, 8, 32, 48, 100, 256):
+        ladder = batch_ladder(top)
+        assert ladder[0] == 1 and ladder[-1] == top and ladder == sorted(set(ladder))
+        assert all(b <= MAX_PADDING * (a + 1) for a, b in zip(ladder, ladder[1:]))  # a batch of a+1 pads to b
+    assert batch_ladder(32) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32] and len(batch_ladder(256)) == 16
+
+
+def test_warm_up_covers_the_main_buckets_at_the_ladders_batch_sizes_on_cuda():
     policy = InputPolicy((480, 360), (124, 116, 104))
     main, rest = policy.warm_up_shapes(4, per_batch_size=True)
-    assert set(main) == {(n, 360, 480) for n in range(1, 5)} | {(n, 480, 360) for n in range(1, 5)}
-    assert {(h, w) for _, h, w in main + rest} == {(h, w) for w, h in policy.all_buckets()}
-    assert {n for n, _, _ in rest} == {4}
+    assert main == [(4, 360, 480), (4, 480, 360)]  # tuned: what a loaded server runs
+    assert set(rest) == {(n, 360, 480) for n in range(1, 4)} | {(n, 480, 360) for n in range(1, 4)}
+    assert len(policy.warm_up_shapes(256, per_batch_size=True)[1]) == 2 * 15  # the ladder, not 255 sizes
     assert policy.warm_up_shapes(4, per_batch_size=False) == ([(1, 360, 480), (1, 480, 360)], [])
     # the runtime only decides by device whether shapes are specialised per batch size
     runtime = runtime_for(Settings(device="cuda", max_batch_size=4), TorchBackend(net=small_net(), device="cuda"))
@@ -289,7 +299,12 @@ def test_cuda_backend_serves_the_optimized_network_with_the_same_labels(cuda_gra
         assert cuda.describe()["cuda_graphs"] == (1 if cuda_graphs else None)
         assert cuda.concurrent_batches == (2 if cuda_graphs else 1)
         assert (cuda.infer(images) == expected).mean() > 0.999
-        assert (cuda.infer(images[:1]) == expected[:1]).mean() > 0.999  # not captured: eager
+        assert (cuda.infer(images[1:]) == expected[1:]).mean() > 0.999  # padded into the graph of 3
+        assert cuda.describe()["cuda_graphs"] == (1 if cuda_graphs else None)
+        assert (cuda.infer(images[:1]) == expected[:1]).mean() > 0.999  # 3 > 1.5 x 1: its own graph, on first use
+        other = np.stack([scene(10 + i, size=(40, 32)) for i in range(2)])  # an image shape first seen while serving
+        assert (cuda.infer(other) == cpu.infer(other)).mean() > 0.999
+        assert cuda.describe()["cuda_graphs"] == (3 if cuda_graphs else None)  # (3 and 1, 48, 64), (3, 32, 40)
         with ThreadPoolExecutor(4) as pool:  # staged from other threads, as the codec threads do
             staged = list(pool.map(cuda.stage, [*images, *images[::-1]]))
             forward, backward = pool.map(cuda.infer_images, [staged[:3], staged[3:]])

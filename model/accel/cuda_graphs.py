@@ -12,8 +12,14 @@ the inference thread only gathers them (one device-to-device copy). Several thre
 once (the batcher keeps two batches in flight). Only the compute stream's part is serialised under
 a lock: wait for the batch's uploads, gather them into the graph's static input, replay, copy the
 static output out (the next replay overwrites it). The download runs on its own stream, so one
-batch's download overlaps the next one's compute; the caller waits for it outside the lock. Shapes
-that were not captured run eagerly on the compute stream, under the same lock.
+batch's download overlaps the next one's compute; the caller waits for it outside the lock.
+
+A batch of a size that was not captured runs padded in the next larger graph of its image shape
+when that costs at most ``MAX_PADDING`` (the service captures the ``batch_ladder`` sizes, 1.5x
+apart, so start-up does not grow with the max batch size). Without one, ``capture_size(n)``
+(when given) names the batch size to capture for it then and there, under the lock, without
+cuDNN's per-shape tuning (rare image shapes are captured on first use, not at start-up);
+otherwise the batch runs eagerly on the compute stream, under the same lock.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+#: a batch of n runs in a captured graph of up to this many times n (the padding is computed and dropped)
+MAX_PADDING = 1.5
+
 
 @dataclass(frozen=True)
 class Staged:
@@ -35,9 +44,11 @@ class Staged:
 
 
 class ShapeGraphs:
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device):
-        """``fn``: device tensor -> device tensor, the same work for every call of one shape."""
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device, capture_size: Callable[[int], int] | None = None):
+        """``fn``: device tensor -> device tensor, the same work for every call of one shape;
+        ``capture_size``: the batch size to capture on first use for a batch of n (None: eager)."""
         self.fn = fn
+        self.capture_size = capture_size
         self.device = device
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self._pool = None
@@ -50,9 +61,10 @@ class ShapeGraphs:
         return list(self._graphs)
 
     @torch.inference_mode()
-    def capture(self, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    def capture(self, shape: tuple[int, ...], dtype: torch.dtype, while_serving: bool = False) -> None:
         """Run ``fn`` once eagerly (cuDNN and Triton tune their kernels then; neither may run
-        during capture), then record it for inputs of ``shape``."""
+        during capture), then record it for inputs of ``shape``. ``while_serving``: other threads
+        keep staging inputs meanwhile, so only this thread's calls are checked during capture."""
         static_in = torch.zeros(shape, dtype=dtype, device=self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -60,7 +72,7 @@ class ShapeGraphs:
             self.fn(static_in)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local" if while_serving else "global"):
             static_out = self.fn(static_in)
         self._pool = graph.pool()
         self._graphs[tuple(shape)] = (graph, static_in, static_out)
@@ -68,6 +80,20 @@ class ShapeGraphs:
     def graph(self, shape: tuple[int, ...]) -> torch.cuda.CUDAGraph:
         """The graph captured for ``shape`` (its replay alone times the GPU work, as bench.perf does)."""
         return self._graphs[tuple(shape)][0]
+
+    def _graph_for(self, n: int, image_shape: tuple[int, ...]):
+        """The captured graph of the smallest batch >= n for this image shape, within MAX_PADDING."""
+        sizes = sorted(shape[0] for shape in self._graphs if shape[1:] == image_shape and n <= shape[0] <= n * MAX_PADDING)
+        return self._graphs[(sizes[0], *image_shape)] if sizes else None
+
+    def _capture_untuned(self, shape: tuple[int, ...], dtype: torch.dtype):
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = False  # heuristics: tuning would stall the batches waiting
+        try:
+            self.capture(shape, dtype, while_serving=True)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
+        return self._graphs[shape]
 
     def stage(self, pixels: np.ndarray) -> Staged:
         """Start copying one uint8 input to the device; returns at once (the copy runs on the upload stream)."""
@@ -82,9 +108,12 @@ class ShapeGraphs:
     @torch.inference_mode()
     def __call__(self, items: Sequence[Staged]) -> torch.Tensor:
         """Staged inputs -> ``fn(their stack)`` as a pinned CPU tensor."""
-        entry = self._graphs.get((len(items), *items[0].tensor.shape))
+        n, image_shape = len(items), tuple(items[0].tensor.shape)
         compute = torch.cuda.current_stream(self.device)
         with self._lock:
+            entry = self._graph_for(n, image_shape)
+            if entry is None and self.capture_size is not None:
+                entry = self._capture_untuned((self.capture_size(n), *image_shape), items[0].tensor.dtype)
             for item in items:
                 compute.wait_event(item.uploaded)
                 item.tensor.record_stream(compute)  # the allocator must not reuse it before compute reads it
@@ -93,9 +122,9 @@ class ShapeGraphs:
                 out = self.fn(torch.stack(tensors))
             else:
                 graph, static_in, static_out = entry
-                torch.stack(tensors, out=static_in)
+                torch.stack(tensors, out=static_in[:n])  # rows past n keep an earlier batch's pixels
                 graph.replay()
-                out = static_out.clone()
+                out = static_out[:n].clone()
             # Enqueued under the lock too, so the download stream waits for this batch's compute
             # only (a later caller's wait would otherwise sit in front of this copy).
             self._download.wait_stream(compute)

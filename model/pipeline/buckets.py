@@ -77,16 +77,17 @@ class InputPolicy:
         return sorted(found)
 
     def warm_up_shapes(self, max_batch_size: int, per_batch_size: bool) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
-        """``(main, rest)`` batch shapes ``(n, height, width)`` to run before serving. For an engine
-        that specialises per shape (``per_batch_size``): the full buckets at every batch size
-        1..max, every other bucket at the max only (rare shapes must not stretch start-up).
+        """``(tuned, untuned)`` batch shapes ``(n, height, width)`` to run before serving. For an
+        engine that specialises per shape (``per_batch_size``): the full buckets at the max batch
+        size with per-shape tuning (what a loaded server runs), at the other ``batch_ladder`` sizes
+        without it (a batch in between runs padded to the next one); the other buckets are left to
+        their first use, so start-up does not grow with them or with the max batch size.
         Otherwise one single-image batch per full bucket pays the one-time initialisation."""
         main = self.full_buckets()
         if not per_batch_size:
             return [(1, h, w) for w, h in main], []
-        sizes = range(1, max_batch_size + 1)
-        rest = [(max_batch_size, h, w) for w, h in self.all_buckets() if (w, h) not in main]
-        return [(n, h, w) for w, h in main for n in sizes], rest
+        smaller = batch_ladder(max_batch_size)[:-1]
+        return [(max_batch_size, h, w) for w, h in main], [(n, h, w) for w, h in main for n in smaller]
 
     def prepare(self, rgb: np.ndarray) -> Prepared:
         height, width = rgb.shape[:2]
@@ -101,3 +102,14 @@ class InputPolicy:
         pixels[: resized[1], resized[0] :] = self.pad_rgb
         pixels[resized[1] :] = self.pad_rgb
         return Prepared(pixels, bucket, resized, (width, height))
+
+
+def batch_ladder(max_batch_size: int) -> list[int]:
+    """1, 2, 3, 4, 6, 8, 12, 16, 24, 32, ... up to ``max_batch_size`` (always included): batch
+    sizes at most 1.5x apart, so padding a batch up to the next one wastes at most a third, while
+    start-up tunes and captures O(log max) shapes instead of max (bench/RESULTS.md)."""
+    sizes, n = [], 1
+    while n < max_batch_size:
+        sizes.append(n)
+        n = n + 1 if n < 4 else (n * 3 // 2 if n & (n - 1) == 0 else n * 4 // 3)
+    return [*sizes, max_batch_size]

@@ -13,6 +13,7 @@ from pathlib import Path
 from service.backends.base import AUTO, Backend
 from service.backends.onnxruntime import OnnxRuntimeBackend
 from service.backends.pytorch import TorchBackend
+from service.backends.replicas import Replicas, expand_devices
 from service.backends.tensorrt import TensorRTBackend
 
 BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (TorchBackend, OnnxRuntimeBackend, TensorRTBackend)}
@@ -42,10 +43,20 @@ def resolve_backend_name(model: str | None, backend: str = AUTO) -> str:
 def create_backend(
     model: str | None, backend: str = AUTO, device: str = "cpu", precision: str = AUTO, **options
 ) -> Backend:
-    """The backend for ``model``; of ``options`` each backend takes those it declares."""
+    """The backend for ``model``; of ``options`` each backend takes those it declares. ``device``
+    ``cuda`` with several GPUs visible, or a list like ``cuda:0,cuda:1``: one replica per device
+    behind one batcher (``replicas``)."""
     name = resolve_backend_name(model, backend)
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     cls = BACKENDS[name]
     accepted = {key: value for key, value in options.items() if key in cls.options}
-    return cls(model, device=device, precision=precision, **accepted)
+    devices = expand_devices(device, _visible_gpus() if device == "cuda" else 0)
+    replicas = [cls(model, device=d, precision=precision, **accepted) for d in devices]
+    return replicas[0] if len(replicas) == 1 else Replicas(replicas)
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()

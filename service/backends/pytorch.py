@@ -9,8 +9,9 @@ normalisation and argmax on the device, so only 1 byte per pixel crosses PCIe ea
 On CUDA the network is first rewritten by `model.accel.fast.optimize_for_inference` (BN folded, fused
 conv + bias + residual + ReLU, Triton depthwise and resize kernels) and whole-image inference
 ends in the fused upsample + argmax kernel, which never writes full-resolution logits. With
-`cuda_graphs` (the default on CUDA) every warmed-up batch shape is captured once and replayed
-(`model.accel.cuda_graphs`), each image is uploaded by `stage` as soon as it is decoded,
+`cuda_graphs` (the default on CUDA) every warmed-up batch shape is captured once and replayed, a
+batch between two warmed sizes padded into the larger, and an image shape first seen while serving
+captured then (`model.accel.cuda_graphs`); each image is uploaded by `stage` as soon as it is decoded,
 and two batches may be in flight. (`torch.compile` is not offered: its dynamic-shape graphs break
 on the Triton kernels' float arguments, for little gain: bench/RESULTS.md.)
 """
@@ -25,7 +26,7 @@ import torch
 
 from model import DEFAULT_MODEL, load_model
 from model.accel import fp8
-from model.accel.cuda_graphs import ShapeGraphs
+from model.accel.cuda_graphs import MAX_PADDING, ShapeGraphs
 from model.accel.fast import (
     normalizer,
     optimize_for_inference,
@@ -55,6 +56,7 @@ class TorchBackend(Backend):
         self.net = net
         self.cuda_graphs = cuda_graphs
         self._graphs: ShapeGraphs | None = None
+        self._batch_sizes: set[int] = set()  # warmed up: the sizes new shapes are captured at
 
     def _resolve_precision(self) -> Precision:
         on_cuda = self._device.type == "cuda"
@@ -86,7 +88,7 @@ class TorchBackend(Backend):
             self.net = use_fp8(self.net)
         self._normalize = normalizer(self.config, self._device, self._dtype, self.net.input_channels)
         if self._device.type == "cuda" and self.cuda_graphs and self.config.inference == "whole":
-            self._graphs = ShapeGraphs(self._pixels_to_labels, self._device)
+            self._graphs = ShapeGraphs(self._pixels_to_labels, self._device, self._capture_size)
             self.concurrent_batches = 2
         return self.config
 
@@ -106,8 +108,14 @@ class TorchBackend(Backend):
                 return super().warm_up(shapes)
             for n, height, width in shapes:
                 self._graphs.capture((n, height, width, 3), torch.uint8)
+                self._batch_sizes.add(n)
         finally:
             torch.backends.cudnn.benchmark = benchmark
+
+    def _capture_size(self, n: int) -> int:
+        """An image shape first seen while serving is captured at the warmed batch size that fits n
+        (the ladder of the main shapes), so it too gets a few graphs, not one per batch size."""
+        return min((b for b in self._batch_sizes if n <= b <= n * MAX_PADDING), default=n)
 
     def stage(self, pixels: np.ndarray):
         return pixels if self._graphs is None else self._graphs.stage(pixels)

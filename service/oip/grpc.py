@@ -110,6 +110,33 @@ def _outputs_doc(request: service_pb2.ModelInferRequest) -> dict:
     return {"parameters": {"binary_data_output": True}, "outputs": outputs}
 
 
+_RAW_OUTPUT_TAG = bytes([service_pb2.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number << 3 | 2])
+
+
+def _varint(value: int) -> bytes:
+    """protobuf's base-128 varint: 7 bits a byte, low bits first, high bit set on all but the last."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _response_bytes(head: service_pb2.ModelInferResponse, outputs: list[wire.OutputTensor]) -> bytes:
+    """The serialized ModelInferResponse: ``head`` (names, id, output tensors) by protobuf, then each
+    output's bytes framed as a ``raw_output_contents`` field (tag, length, bytes; protobuf's wire
+    format is a sequence of fields, so appending them is the same message), in one join: the only
+    copy of a label map. Protobuf would copy it three times (into the message, its encoder, the
+    bytes), on the event loop."""
+    for out in outputs:
+        head.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+    parts = [head.SerializeToString()]
+    for out in outputs:
+        parts += (_RAW_OUTPUT_TAG, _varint(len(out.raw)), out.raw)
+    return b"".join(parts)
+
+
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The protocol's calls on the app's runtime(s), resolved by ``service.oip.models``."""
 
@@ -198,14 +225,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             reservations = infer.reserve(runtime, images, wanted)
             try:
                 outputs = await infer.outputs(runtime, images, wanted, reservations)
-                response = service_pb2.ModelInferResponse(model_name=request.model_name, model_version=runtime.version, id=request.id)
-                for out in outputs:
-                    response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
-                    response.raw_output_contents.append(out.raw)
-                return response
-            finally:  # the answer is built; grpc serializes it from here
+                head = service_pb2.ModelInferResponse(model_name=request.model_name, model_version=runtime.version, id=request.id)
+                return await runtime.encode(_response_bytes, head, outputs)  # serialized off the loop: see infer_handler
+            finally:  # the answer is serialized; grpc only sends it from here
                 for reservation in reservations:
                     reservation.release()
+
+
+def infer_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """``ModelInfer`` without a response serializer: its answer comes already serialized
+    (``_response_bytes``, in the codec pool), so grpc sends those bytes as they are."""
+    handler = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer, request_deserializer=service_pb2.ModelInferRequest.FromString)
+    return grpc.method_handlers_generic_handler(SERVICE, {"ModelInfer": handler})
 
 
 async def start(app, settings: Settings) -> grpc.aio.Server:
@@ -218,7 +249,9 @@ async def start(app, settings: Settings) -> grpc.aio.Server:
         ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 0),
     ])  # fmt: skip
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(app, settings), server)
+    servicer = InferenceServicer(app, settings)
+    server.add_generic_rpc_handlers((infer_handler(servicer),))  # asked first: it takes ModelInfer
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:
         server.add_insecure_port(f"{host}:{settings.grpc_port}")

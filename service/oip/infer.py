@@ -16,6 +16,7 @@ import numpy as np
 from model.pipeline import render
 from model.pipeline.errors import ImageError
 from model.pipeline.restore import restore_labels
+from service import tracing
 from service.admission import Reservation, estimate
 from service.errors import (
     BadRequest,
@@ -95,10 +96,12 @@ def _prepare(runtime: Runtime, rgb: np.ndarray):
 async def _segment_pixels(runtime: Runtime, rgb: np.ndarray, reservation: Reservation) -> np.ndarray:
     """``Runtime.segment`` for pixels the client already decoded: resize/pad, batch, restore."""
     loop = asyncio.get_running_loop()
-    prepared, staged = await loop.run_in_executor(runtime.pool, _prepare, runtime, rgb)
-    outcome = await runtime.batcher.submit(prepared.bucket, (reservation, staged))
+    with tracing.span("decode"):  # no decoding: the resize/pad
+        prepared, staged = await loop.run_in_executor(runtime.pool, _prepare, runtime, rgb)
+    outcome = await tracing.submit(runtime.batcher, prepared.bucket, (reservation, staged))
     runtime.metrics.queue_wait.observe(outcome.queue_s)
-    return await loop.run_in_executor(runtime.pool, restore_labels, outcome.value, prepared)
+    with tracing.span("restore"):
+        return await loop.run_in_executor(runtime.pool, restore_labels, outcome.value, prepared)
 
 
 async def _one(runtime: Runtime, images: Images, index: int, reservation: Reservation) -> np.ndarray:
@@ -140,5 +143,6 @@ async def outputs(runtime: Runtime, images: Images, wanted: list[Wanted], reserv
     transport does between parsing a request and framing its answer."""
     labels = await segment(runtime, images, reservations)
     check_one_size(wanted, labels)
-    pngs = await encode_pngs(runtime, wanted, labels)
-    return await runtime.encode(output_tensors, wanted, labels, pngs)
+    with tracing.span("encode"):
+        pngs = await encode_pngs(runtime, wanted, labels)
+        return await runtime.encode(output_tensors, wanted, labels, pngs)
