@@ -10,7 +10,9 @@ limits as HTTP (``contract``, ``models``, ``infer``), and the drain counts it.
 length + the file, or ``contents.bytes_contents``) or ``PIXELS`` (UINT8) and answers every output
 in ``raw_output_contents``. Unknown request parameters are ignored. The repository calls
 (``control``) need ``enable_model_control`` and, with auth on, an admin key. Errors map to status
-codes in ``STATUS``.
+codes in ``STATUS``. ``ModelInfer``'s answer is serialized in the codec pool and handed to grpc as
+bytes (``infer_handler``): protobuf copying each 2 MB label map on the event loop, several times,
+made gRPC far slower than HTTP under load (``bench.grpc_overhead``, bench/results/grpc_*.json).
 """
 
 from __future__ import annotations
@@ -126,9 +128,9 @@ def _varint(value: int) -> bytes:
 def _response_bytes(head: service_pb2.ModelInferResponse, outputs: list[wire.OutputTensor]) -> bytes:
     """The serialized ModelInferResponse: ``head`` (names, id, output tensors) by protobuf, then each
     output's bytes framed as a ``raw_output_contents`` field (tag, length, bytes; protobuf's wire
-    format is a sequence of fields, so appending them is the same message), in one join: the only
-    copy of a label map. Protobuf would copy it three times (into the message, its encoder, the
-    bytes), on the event loop."""
+    format is a sequence of fields, so appending them is the same message), in one join: one copy
+    of a label map, off the loop, where protobuf makes three (into the message, its encoder, the
+    bytes) wherever the message is built and grpc serializes it, on the loop."""
     for out in outputs:
         head.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
     parts = [head.SerializeToString()]
