@@ -290,7 +290,7 @@ async def _render(runtime: Runtime, result: Segmentation, fmt: str, mask: str, s
     cfg, out = runtime.config, result.outcome
     palette = cfg.dataset.palette
     if fmt == "png":
-        response = Response(await runtime.encode_png(result.labels), media_type="image/png")
+        response = Response(await runtime.encode(render.encode_label_png, result.labels, palette), media_type="image/png")
     elif fmt == "raw":
         labels = result.labels
         response = StreamingResponse(_label_bytes(labels), media_type="application/octet-stream")

@@ -22,14 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.pipeline import render
 from model.pipeline.buckets import InputPolicy, Prepared
 from model.pipeline.decode import decode_scaled, probe
 from model.pipeline.restore import restore_labels
 from service import tracing
 from service.admission import Admission, MemoryBudget, Reservation, estimate
 from service.backends import Backend, create_backend
-from service.codec_processes import CodecProcesses
 from service.batcher import Batcher, Outcome
 from service.errors import NotReady
 from service.lifecycle import Lifecycle
@@ -51,11 +49,10 @@ class Segmentation:
 class Runtime:
     def __init__(
         self, spec: ModelSpec, settings: Settings, service_metrics: ServiceMetrics, pool: ThreadPoolExecutor,
-        memory: MemoryBudget, backend: Backend | None = None, codecs: CodecProcesses | None = None,
+        memory: MemoryBudget, backend: Backend | None = None,
     ):  # fmt: skip
         """``settings``: the server's with the model's own values; ``pool``: the decode/encode
-        threads, ``memory``: the requests' budget and ``codecs``: the decode/encode processes (if
-        any), all shared by every model."""
+        threads and ``memory``: the requests' budget, both shared by every model."""
         self.spec = spec
         self.settings = settings
         self.service_metrics = service_metrics
@@ -66,7 +63,6 @@ class Runtime:
         )
         self.pool = pool
         self.memory = memory
-        self.codecs = codecs
         self.config = None
         self.policy: InputPolicy | None = None
         self.batcher: Batcher | None = None
@@ -222,23 +218,11 @@ class Runtime:
             prepared = dataclasses.replace(prepared, original=size)
         return rgb, prepared, self.backend.stage(prepared.pixels)
 
-    async def _decode_elsewhere(self, data: bytes, reservation: Reservation) -> tuple[None, Prepared, object]:
-        """``_decode`` in a codec process (the pixels come back through shared memory)."""
-        fit = reservation.estimate.decode_fit or (1 << 30, 1 << 30)
-        prepared = await self.codecs.decode(data, self.settings.max_image_pixels, fit, self.policy)
-        self.metrics.decoded.inc()
-        staged = await asyncio.get_running_loop().run_in_executor(self.pool, self.backend.stage, prepared.pixels)
-        return None, prepared, staged
-
     async def segment(self, data: bytes, reservation: Reservation, keep_rgb: bool = False) -> Segmentation:
-        """Decode, batch, restore; ``reservation`` (from ``reserve``) must be held throughout.
-        With codec processes the decode runs there, unless the image itself is kept (overlays)."""
+        """Decode, batch, restore; ``reservation`` (from ``reserve``) must be held throughout."""
         loop = asyncio.get_running_loop()
         with tracing.span("decode"):
-            if self.codecs is not None and not keep_rgb:
-                rgb, prepared, staged = await self._decode_elsewhere(data, reservation)
-            else:
-                rgb, prepared, staged = await loop.run_in_executor(self.pool, self._decode, data, reservation)
+            rgb, prepared, staged = await loop.run_in_executor(self.pool, self._decode, data, reservation)
         rgb = rgb if keep_rgb else None  # not needed past the bucket: free it before the queue
         outcome = await tracing.submit(self.batcher, prepared.bucket, (reservation, staged))
         self.metrics.queue_wait.observe(outcome.queue_s)
@@ -249,12 +233,6 @@ class Runtime:
     async def encode(self, fn, *args) -> bytes:
         """Run a CPU-heavy encoding step in the codec pool, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-
-    async def encode_png(self, labels: np.ndarray) -> bytes:
-        """The palette PNG of a label map, in a codec process when there are some."""
-        if self.codecs is not None:
-            return await self.codecs.encode_png(labels, self.config.dataset.palette)
-        return await self.encode(render.encode_label_png, labels, self.config.dataset.palette)
 
     def describe(self) -> dict:
         """What /v1/models publishes: only facts a client may see (no checkpoint meta verbatim:

@@ -124,11 +124,6 @@ class Settings(BaseSettings):
         "scaling): far less memory and time, labels nearly identical; not for format=overlay",
     )
     decode_threads: int = Field(4, ge=1, description="threads for decoding and PNG/JPEG encoding")
-    codec_processes: int | None = Field(
-        None, ge=0, le=64, description="worker processes that decode uploads and encode PNGs off the server's "
-        "GIL, images passed through shared memory; 0 = threads only; unset = half the cores (at most 8) when "
-        "serving on a GPU, 0 on the CPU (where the model needs the cores)",
-    )
     cache_dir: Path | None = Field(
         None, description="compiled GPU kernels (Triton's cache) are kept here across restarts (mount a volume): "
         "a warm cache makes start-up seconds faster; unset = TRITON_CACHE_DIR if set, else ~/.triton/cache",
@@ -213,7 +208,6 @@ _DEFAULT_TEXT = {
     "model": "the built-in model",
     "model_repository": "none",
     "cache_dir": "none (Triton's default)",
-    "codec_processes": "half the cores on a GPU (max 8), else 0",
     "instances": "the backend's choice",
     "device": "cuda if available, else cpu",
     "api_keys_file": "none (auth off unless key digests are set)",

@@ -13,6 +13,7 @@ import asyncio
 
 import numpy as np
 
+from model.pipeline import render
 from model.pipeline.errors import ImageError
 from model.pipeline.restore import restore_labels
 from service import tracing
@@ -133,7 +134,8 @@ async def encode_pngs(runtime: Runtime, wanted: list[Wanted], labels: list[np.nd
     """Palette PNGs, in the codec pool, when LABELS_PNG is requested."""
     if not any(w.name == LABELS_PNG for w in wanted):
         return None
-    return await _all(runtime.encode_png(lab) for lab in labels)
+    palette = runtime.config.dataset.palette
+    return await _all(runtime.encode(render.encode_label_png, lab, palette) for lab in labels)
 
 
 async def outputs(runtime: Runtime, images: Images, wanted: list[Wanted], reservations: list[Reservation]) -> list[OutputTensor]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -24,7 +23,6 @@ import torch
 from model.safe_load import CheckpointError
 from service.admission import MemoryBudget, default_budget
 from service.backends import Backend
-from service.codec_processes import CodecProcesses
 from service.errors import (
     InsufficientMemory,
     ModelLoadFailed,
@@ -48,8 +46,6 @@ class Repository:
         self.metrics = metrics
         self.memory = MemoryBudget()
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="codec")
-        workers = codec_processes(settings)
-        self.codecs = CodecProcesses(workers) if workers else None
         self.served: dict[str, dict[str, Runtime]] = {}  # name -> version -> runtime, in start-up order
         self.loading: list[Runtime] = []  # start-up models not loaded yet (their names may be unknown)
         self.failed: dict[str, str] = {}  # name -> why its last load failed (repository index)
@@ -70,12 +66,10 @@ class Repository:
         return entries or [ModelSpec(None)]
 
     def _runtime(self, spec: ModelSpec, backend: Backend | None = None) -> Runtime:
-        return Runtime(spec, spec.settings(self.settings), self.metrics, self.pool, self.memory, backend, self.codecs)
+        return Runtime(spec, spec.settings(self.settings), self.metrics, self.pool, self.memory, backend)
 
     async def start(self) -> None:
         """Load and warm up every start-up model, one after the other, then open them together."""
-        if self.codecs is not None:  # spawned now, importing while the models load
-            codecs_started = asyncio.ensure_future(self.codecs.start())
         first, *rest = self._start_specs()
         self.loading = [self._runtime(first, self._injected), *(self._runtime(spec) for spec in rest)]
         for runtime in list(self.loading):
@@ -84,8 +78,6 @@ class Repository:
                 raise ValueError(f"two models are named {runtime.name!r}: name them with --model NAME=PATH")
             self.served.setdefault(runtime.name, {})[runtime.version] = runtime
             self.loading.remove(runtime)
-        if self.codecs is not None:
-            await codecs_started
         s = self.settings
         self.memory.budget_bytes = s.memory_budget_bytes or default_budget(s.memory_budget_fraction)
         if self.memory.budget_bytes < 64 << 20:
@@ -101,8 +93,6 @@ class Repository:
         for runtime in self.runtimes():
             await runtime.stop()
         self.pool.shutdown(wait=True)
-        if self.codecs is not None:
-            await asyncio.to_thread(self.codecs.shutdown)
 
     # lookups
 
@@ -229,13 +219,6 @@ class Repository:
         for runtime in runtimes:
             await runtime.stop()
             await runtime.release()
-
-
-def codec_processes(settings: Settings) -> int:
-    """``codec_processes``, or its default: half the cores (at most 8) on a GPU, none on the CPU."""
-    if settings.codec_processes is not None:
-        return settings.codec_processes
-    return min(8, len(os.sched_getaffinity(0)) // 2) if settings.device.startswith("cuda") else 0
 
 
 def _load_error(name: str, exc: BaseException) -> ServiceError:
