@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 from helpers import REPO, free_port, image_bytes, scene, small_net, wait_ready_in_thread
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
@@ -31,6 +32,7 @@ from service.tracing import Tracing
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 STAGES = ["receive", "decode", "queue", "inference", "restore", "encode"]
+GRPC_PORT = free_port()
 
 
 class EndedSpans(SimpleSpanProcessor):
@@ -99,7 +101,7 @@ def receiver():
 def traced(receiver):
     """(url, recorded spans, the app's Tracing) of a real server exporting to ``receiver``."""
     settings = Settings(
-        host="127.0.0.1", port=free_port(), grpc_port=0, device="cpu", log_level="warning",
+        host="127.0.0.1", port=free_port(), grpc_port=GRPC_PORT, device="cpu", log_level="warning",
         tracing_exporter="otlp-http", tracing_endpoint=f"http://127.0.0.1:{receiver.server_port}/v1/traces",
     )  # fmt: skip
     server = build_server(settings, TorchBackend(net=small_net()))
@@ -117,7 +119,7 @@ def traced(receiver):
         thread.join(30)
 
 
-def check_request_trace(spans: list, route: str, parent_span: str | None) -> dict:
+def check_request_trace(spans: list, route: str, parent_span: str | None, stages: list[str] = STAGES) -> dict:
     """The server span named after ``route`` (child of ``parent_span``) with one span per stage
     under it, in the order a request goes through them; returns the spans by name."""
     (root,) = [s for s in spans if s.kind == SpanKind.SERVER]
@@ -128,10 +130,10 @@ def check_request_trace(spans: list, route: str, parent_span: str | None) -> dic
     else:
         assert format(root.parent.span_id, "016x") == parent_span and root.parent.is_remote
     children = [s for s in spans if s is not root]
-    assert sorted(s.name for s in children) == sorted(STAGES)
+    assert sorted(s.name for s in children) == sorted(stages)
     assert all(s.parent.span_id == root.context.span_id for s in children)
     by_name = {s.name: s for s in children}
-    starts = [by_name[name].start_time for name in STAGES]
+    starts = [by_name[name].start_time for name in stages]
     assert starts == sorted(starts), "stages out of order"
     assert by_name["inference"].start_time == by_name["queue"].end_time  # the batch starts as the wait ends
     assert by_name["inference"].attributes["deeplab.batch.size"] == 1
@@ -173,6 +175,20 @@ def test_protocol_infer_request_is_traced(traced):
         result = client.infer(DEFAULT_MODEL, [image], headers={"traceparent": f"00-{trace_id}-{span_id}-01"})
     assert result.as_numpy("LABELS").shape[0] == 1
     check_request_trace(recorded.trace(trace_id), "/v2/models/{name}/infer", span_id)
+
+
+def test_grpc_infer_call_is_traced(traced):
+    """gRPC ModelInfer: a server span continuing the metadata's traceparent, the same stages but
+    ``receive`` (grpc reads the message before the call starts)."""
+    _, recorded, _ = traced
+    trace_id, span_id = "5bf92f3577b34da6a3ce929d0e0e4737", "c7ad6b7169203332"
+    image = triton_grpc.InferInput("IMAGE", [1], "BYTES")
+    image.set_data_from_numpy(np.array([image_bytes(scene(3), "JPEG")], dtype=np.object_))
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{GRPC_PORT}")
+    result = client.infer(DEFAULT_MODEL, [image], headers={"traceparent": f"00-{trace_id}-{span_id}-01"})
+    assert result.as_numpy("LABELS").shape[0] == 1
+    route = "/inference.GRPCInferenceService/ModelInfer"
+    check_request_trace(recorded.trace(trace_id), route, span_id, [s for s in STAGES if s != "receive"])
 
 
 def test_probes_and_scrapes_are_not_traced(traced):

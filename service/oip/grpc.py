@@ -17,8 +17,10 @@ made gRPC far slower than HTTP under load (``bench.grpc_overhead``, bench/result
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import uuid
 
 import grpc
 from google.protobuf import json_format
@@ -27,6 +29,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from model.pipeline.errors import ImageError
 from model.version import package_version
 from service import auth
+from service.logs import request_id
 from service.errors import BadRequest, NotReady, ServiceError, from_image_error
 from service.oip import contract, control, infer, wire
 from service.oip.models import lookup, repository, server_ready
@@ -61,19 +64,29 @@ def _rpc(method):
 
     @functools.wraps(method)
     async def wrapper(self, request, context):
+        trace = self.trace(method.__name__, context)
+        token = request_id.set(trace.trace_id if trace is not None else uuid.uuid4().hex)
+        status = 200
         try:
-            self.authenticate(method.__name__, context)
-            return await method(self, request, context)
+            with trace or contextlib.nullcontext():
+                self.authenticate(method.__name__, context)
+                return await method(self, request, context)
         except (ServiceError, ImageError) as exc:
             err = from_image_error(exc) if isinstance(exc, ImageError) else exc
+            status = err.status
             log.info("refused", extra={"error": err.code, "detail": err.detail, "rpc": method.__name__})
             trailers = tuple((k.lower(), v) for k, v in err.headers.items() if k.lower() == "retry-after")
             await context.abort(STATUS.get(err.status, grpc.StatusCode.INTERNAL), err.detail, trailers)
         except grpc.aio.AbortError:
             raise
         except Exception:
+            status = 500
             log.exception("unhandled error", extra={"rpc": method.__name__})
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        finally:
+            if trace is not None:
+                trace.finish(status, f"/{SERVICE}/{method.__name__}")
+            request_id.reset(token)
 
     return wrapper
 
@@ -146,6 +159,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.app = app
         keys = auth.KeyRing.from_settings(settings)  # the same keys as HTTP; rate buckets of its own
         self.auth = None if keys is None else auth.AuthMiddleware(None, keys, settings.auth_exempt_paths, settings.rate_limit_per_key)
+
+    def trace(self, rpc: str, context):
+        """``ModelInfer``'s server span (continuing the metadata's ``traceparent``) when tracing is
+        on, as HTTP requests get theirs in ``service.middleware``; None otherwise."""
+        tracing = getattr(self.app.state, "tracing", None)
+        if tracing is None or rpc != "ModelInfer":
+            return None
+        scope = {"method": "POST", "path": f"/{SERVICE}/{rpc}", "headers": list(_headers(context).items())}
+        return tracing.start_request(scope)
 
     def authenticate(self, rpc: str, context) -> None:
         """HTTP's API-key check on the call's metadata (``authorization: Bearer KEY`` or
