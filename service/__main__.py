@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     for name, field in Settings.model_fields.items():
         repeated = typing.get_origin(field.annotation) is list  # --model A --model B
+        switch = {"nargs": "?", "const": "true"} if field.annotation is bool else {}  # --flag = --flag true
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
             action="append" if repeated else "store",
             choices=choices_of(name),
             help=f"{field.description}; default: {default_text(name)} (env DEEPLAB_{name.upper()})",
+            **switch,
         )
     return parser
 

@@ -338,4 +338,8 @@ async def readyz(request: Request) -> dict:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(request: Request) -> Response:
-    return Response(repository_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    repository = repository_of(request)
+    text = repository.metrics.render()
+    if repository.peers is not None:  # one of several worker processes: every worker's series
+        text = repository.peers.merged(text)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)

@@ -91,16 +91,29 @@ def build_server(settings: Settings, backend: Backend | None = None) -> Draining
     return DrainingServer(config, app.state.repository)
 
 
+def prepare(settings: Settings) -> None:
+    """Logging, and the kernel cache's place before any kernel compiles (an explicit TRITON_CACHE_DIR wins)."""
+    configure(settings.log_level, settings.log_format)
+    if settings.cache_dir is not None:
+        os.environ.setdefault("TRITON_CACHE_DIR", str(settings.cache_dir / "triton"))
+
+
+def exit_if_failed(server: DrainingServer) -> None:
+    if server.repository.start_error is not None:
+        raise SystemExit(f"deeplab-serve: cannot start: {server.repository.start_error}")
+
+
 def serve(settings: Settings, backend: Backend | None = None) -> None:
     """Run until shut down; ``SystemExit`` with the one-line reason when the configuration (e.g. a
-    bad API keys file) or the model cannot be loaded."""
-    configure(settings.log_level, settings.log_format)
-    if settings.cache_dir is not None:  # before any kernel compiles; an explicit TRITON_CACHE_DIR wins
-        os.environ.setdefault("TRITON_CACHE_DIR", str(settings.cache_dir / "triton"))
+    bad API keys file) or the model cannot be loaded. ``workers`` > 1: ``service.workers``."""
+    prepare(settings)
+    if settings.workers > 1 and backend is None:
+        from service.workers import supervise
+
+        return supervise(settings)
     try:
         server = build_server(settings, backend)
     except ValueError as exc:
         raise SystemExit(f"deeplab-serve: cannot start: {exc}") from None
     server.run()
-    if server.repository.start_error is not None:
-        raise SystemExit(f"deeplab-serve: cannot start: {server.repository.start_error}")
+    exit_if_failed(server)

@@ -124,6 +124,11 @@ class Settings(BaseSettings):
         "scaling): far less memory and time, labels nearly identical; not for format=overlay",
     )
     decode_threads: int = Field(4, ge=1, description="threads for decoding and PNG/JPEG encoding")
+    workers: int = Field(
+        1, ge=1, le=64, description="server processes sharing the port, each with its own copy of the models "
+        "and a share of the memory budget (one Python process's request handling caps small images well "
+        "below a GPU's rate); readiness, metrics (label worker) and SIGTERM act for all; model control needs 1",
+    )
     cache_dir: Path | None = Field(
         None, description="compiled GPU kernels (Triton's cache) are kept here across restarts (mount a volume): "
         "a warm cache makes start-up seconds faster; unset = TRITON_CACHE_DIR if set, else ~/.triton/cache",

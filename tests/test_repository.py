@@ -22,6 +22,7 @@ from model.pipeline.buckets import InputPolicy
 from model.precision import Precision
 from service.backends.pytorch import TorchBackend
 from service.repository.capacity import needed_bytes
+from service.__main__ import parse_args
 from service.repository.specs import parse_entry
 from service.settings import Settings
 
@@ -61,6 +62,8 @@ def test_entries_name_models_or_take_the_configs_name():
     assert (parse_entry("city=/m/c.onnx").name, parse_entry("city=/m/c.onnx").source) == ("city", "/m/c.onnx")
     assert (parse_entry(DEFAULT_MODEL).name, parse_entry(DEFAULT_MODEL).source) == (None, DEFAULT_MODEL)
     assert Settings(model="a=x.pth,b").model == ["a=x.pth", "b"]
+    assert parse_args(["--model", "a=x.pth", "--model", "b", "--enable-model-control"]).model == ["a=x.pth", "b"]
+    assert parse_args(["--enable-model-control"]).enable_model_control  # a switch: true without a value
 
 
 def test_models_and_versions_side_by_side(repository):

@@ -271,7 +271,7 @@ async def start(app, settings: Settings) -> grpc.aio.Server:
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),  # workers share the port, like HTTP's
     ])  # fmt: skip
     servicer = InferenceServicer(app, settings)
     server.add_generic_rpc_handlers((infer_handler(servicer),))  # asked first: it takes ModelInfer

@@ -50,6 +50,7 @@ class Repository:
         self.loading: list[Runtime] = []  # start-up models not loaded yet (their names may be unknown)
         self.failed: dict[str, str] = {}  # name -> why its last load failed (repository index)
         self.started = False  # the start-up models are open
+        self.peers = None  # service.workers.Peers when this is one of several worker processes
         self.draining = False
         self.start_error: Exception | None = None  # set by the app when ``start`` failed
         self._control = asyncio.Lock()
@@ -87,6 +88,8 @@ class Repository:
             runtime.open()
         self.started = True
         self.metrics.ready.set(1)
+        if self.peers is not None:
+            self.peers.mark(True)
         log.info("ready", extra={"models": self.names(), "memory_budget_bytes": self.memory.budget_bytes})
 
     async def stop(self) -> None:
@@ -126,7 +129,7 @@ class Repository:
     @property
     def ready(self) -> bool:
         """Start-up models loaded and warmed up, and not draining."""
-        return self.started and not self.draining
+        return self.started and not self.draining and (self.peers is None or self.peers.all_ready())
 
     # drain (SIGTERM)
 
@@ -138,6 +141,8 @@ class Repository:
         """Stop admitting everywhere (plain attribute writes: safe inside a signal handler)."""
         self.draining = True
         self.metrics.ready.set(0)
+        if self.peers is not None:
+            self.peers.mark(False)
         for runtime in self.runtimes():
             runtime.begin_drain()
 

@@ -1,0 +1,83 @@
+"""Several server processes on one port (``--workers``, issue 17): both serve, readiness and
+/metrics speak for all of them, SIGTERM drains every one and the supervisor exits 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import tritonclient.grpc as triton
+from helpers import REPO, free_port, image_bytes, metric, scene, wait_for_metric, wait_ready
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.workers import merge_expositions
+
+ONE = """# HELP deeplab_images_total Images segmented
+# TYPE deeplab_images_total counter
+deeplab_images_total{model="m",version="1"} 3.0
+# HELP deeplab_queue_depth Images waiting
+# TYPE deeplab_queue_depth gauge
+deeplab_queue_depth{model="m",version="1"} 2.0
+# HELP deeplab_batch_size Images per batch
+# TYPE deeplab_batch_size histogram
+deeplab_batch_size_bucket{le="1.0",model="m",version="1"} 1.0
+deeplab_batch_size_bucket{le="+Inf",model="m",version="1"} 2.0
+deeplab_batch_size_count{model="m",version="1"} 2.0
+deeplab_batch_size_sum{model="m",version="1"} 3.0
+"""
+
+
+def test_expositions_merge_with_a_worker_label():
+    merged = merge_expositions({0: ONE, 1: ONE.replace("3.0", "5.0")}).decode()
+    families = {f.name: f for f in text_string_to_metric_families(merged)}
+    assert families["deeplab_images"].type == "counter" and families["deeplab_batch_size"].type == "histogram"
+    assert metric(merged, "deeplab_images_total", worker="0") == 3 and metric(merged, "deeplab_images_total", worker="1") == 5
+    assert metric(merged, "deeplab_batch_size_bucket", le="+Inf") == 4 and metric(merged, "deeplab_queue_depth") == 4
+    assert merged.count("# TYPE deeplab_images_total counter") + merged.count("# TYPE deeplab_images counter") == 1
+
+
+def start(*args: str, port: int) -> subprocess.Popen:
+    env = {**os.environ, "DEEPLAB_HOST": "127.0.0.1", "DEEPLAB_DEVICE": "cpu", "DEEPLAB_LOG_LEVEL": "warning"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "service", "--port", str(port), *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def test_two_workers_serve_one_port_report_together_and_drain_on_sigterm():
+    port, grpc_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start("--workers", "2", "--grpc-port", str(grpc_port), "--max-batch-size", "2", port=port)
+    try:
+        wait_ready(proc, url, timeout_s=300)
+        image = image_bytes(scene(4, (240, 180)))
+        answers = [httpx.post(f"{url}/segment", content=image, headers={"content-type": "image/png"}, timeout=120) for _ in range(16)]
+        assert all(r.status_code == 200 for r in answers)
+        assert len({r.content for r in answers}) == 1  # the same model in every worker
+        # every worker's series, whichever worker answers the scrape (published every second)
+        wait_for_metric(url, "deeplab_requests_total", 16, "both workers' requests are counted", timeout_s=60, endpoint="/segment")
+        text = httpx.get(f"{url}/metrics").text
+        served = [metric(text, "deeplab_requests_total", endpoint="/segment", worker=str(i)) for i in range(2)]
+        assert sum(served) == 16 and min(served) > 0, served  # new connections went to both
+        assert metric(text, "deeplab_ready") == 2
+        client = triton.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert client.is_server_ready()
+        inp = triton.InferInput("IMAGE", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([image], dtype=object))
+        assert client.infer("deeplabv3plus_r18-d8_camvid-360x480", [inp]).as_numpy("LABELS").shape == (1, 180, 240)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0, proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_model_control_with_several_workers_is_refused_at_start():
+    proc = start("--workers", "2", "--enable-model-control", port=free_port())
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "model control needs workers = 1" in out
