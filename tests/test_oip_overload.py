@@ -5,6 +5,7 @@ releases them, and the queue is read from /metrics, so nothing here depends on t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,14 +41,21 @@ def grpc_infer(port: int, seed: int):
         return exc
 
 
-def test_a_full_queue_is_429_over_http_and_resource_exhausted_over_grpc(net):
+@contextlib.contextmanager
+def held_server(net, clients: int, **settings):
+    """(backend, url, gRPC port, client pool) of a server whose batches wait for the test."""
     backend = SlowBackend(net=copy.deepcopy(net))
     port = free_port()
     with (
-        running_server(backend, max_batch_size=1, queue_capacity=2, max_queue_delay_ms=0, grpc_port=port) as url,
-        ThreadPoolExecutor(3) as pool,
+        running_server(backend, max_batch_size=1, max_queue_delay_ms=0, grpc_port=port, **settings) as url,
+        ThreadPoolExecutor(clients) as pool,
         backend.holding(),
     ):
+        yield backend, url, port, pool
+
+
+def test_a_full_queue_is_429_over_http_and_resource_exhausted_over_grpc(net):
+    with held_server(net, 3, queue_capacity=2) as (backend, url, port, pool):
         admitted = [pool.submit(v2_infer, url, 0)]
         backend.wait_until(lambda b: b.batches_started == 1, "the first request computes")
         admitted += [pool.submit(v2_infer, url, 1), pool.submit(grpc_infer, port, 2)]
@@ -63,13 +71,7 @@ def test_a_full_queue_is_429_over_http_and_resource_exhausted_over_grpc(net):
 
 
 def test_queued_past_the_timeout_is_504_over_http_and_deadline_exceeded_over_grpc(net):
-    backend = SlowBackend(net=copy.deepcopy(net))
-    port = free_port()
-    with (
-        running_server(backend, max_batch_size=1, request_timeout_s=0.3, max_queue_delay_ms=0, grpc_port=port) as url,
-        ThreadPoolExecutor(1) as pool,
-        backend.holding(),
-    ):
+    with held_server(net, 1, request_timeout_s=0.3) as (backend, url, port, pool):
         first = pool.submit(v2_infer, url, 1)
         backend.wait_until(lambda b: b.batches_started == 1, "the first request computes")
         over_http, over_grpc = v2_infer(url, 2), grpc_infer(port, 3)  # queued behind the held batch
