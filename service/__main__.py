@@ -7,6 +7,7 @@ the ``DEEPLAB_*`` variables can never disagree; a flag given on the command line
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import typing
 
@@ -47,7 +48,13 @@ def main(argv: list[str] | None = None) -> None:
         serve,  # after parsing: --help and --version skip the web stack
     )
 
-    serve(settings)
+    try:
+        serve(settings)
+    except SystemExit as exc:  # "deeplab-serve: cannot start: ...": as JSON too when logs are
+        if not isinstance(exc.code, str) or settings.log_format != "json":
+            raise
+        logging.getLogger("service").error(exc.code)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

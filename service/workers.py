@@ -2,9 +2,11 @@
 caps a small-image workload well below what a GPU computes (bench/RESULTS.md), so the front
 scales by processes.
 
-The supervisor binds the HTTP port and spawns ``workers`` processes that each serve it (the kernel
-spreads connections among them) with their own copy of every model, batcher and budget share
-(``memory_budget_*`` divided among them); gRPC listens on one port with SO_REUSEPORT. What a
+The supervisor claims the HTTP port and spawns ``workers`` processes that each listen on it with
+SO_REUSEPORT (the kernel spreads new connections evenly over their sockets; one shared socket
+would let whichever process wakes first take most of them), each with its own copy of every
+model, batcher and budget share (``memory_budget_*`` divided among them); gRPC shares its port
+the same way. What a
 client or a platform reads stays one server's:
 
 - readiness: a worker is ready only when every worker is (``ready-<i>`` marks in a shared
@@ -100,8 +102,17 @@ def _publisher(peers: Peers, render, stop: threading.Event) -> None:
             log.warning("metrics publish failed", extra={"error": str(exc)})
 
 
-def _worker(settings: Settings, sock: socket.socket, peers: Peers) -> None:
-    """One worker process: the single-process server on the shared socket, in the group."""
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` that other sockets of this user may bind too (SO_REUSEPORT)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _worker(settings: Settings, port: int, peers: Peers) -> None:
+    """One worker process: the single-process server on its own socket of the port, in the group."""
     from service.server import build_server, exit_if_failed, prepare
 
     prepare(settings)
@@ -113,6 +124,8 @@ def _worker(settings: Settings, sock: socket.socket, peers: Peers) -> None:
     stop = threading.Event()
     metrics = server.repository.metrics
     threading.Thread(target=_publisher, args=(peers, metrics.render, stop), name="metrics-publish", daemon=True).start()
+    sock = reuse_port_socket(settings.host, port)
+    sock.listen(2048)
     try:
         server.run(sockets=[sock])
     finally:
@@ -132,28 +145,24 @@ def worker_settings(settings: Settings) -> Settings:
 
 
 def supervise(settings: Settings) -> None:
-    """Bind, spawn the workers, forward SIGTERM/SIGINT, exit with the first failure's status."""
+    """Claim the port, spawn the workers, forward SIGTERM/SIGINT, exit with the first failure's status."""
     if settings.enable_model_control:
         raise SystemExit("deeplab-serve: cannot start: model control needs workers = 1 (a load must reach every worker)")
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((settings.host, settings.port))
+    try:  # claimed, not listened on: connections go to the workers' sockets only
+        sock = reuse_port_socket(settings.host, settings.port)
     except OSError as exc:
         raise SystemExit(f"deeplab-serve: cannot start: cannot listen on {settings.host}:{settings.port}: {exc}") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
+    port = sock.getsockname()[1]
     context = multiprocessing.get_context("spawn")  # no fork: torch and threads do not survive one
     with tempfile.TemporaryDirectory(prefix="deeplab-workers-") as run_dir:
         shared = worker_settings(settings)
         procs = [
-            context.Process(target=_worker, args=(shared, sock, Peers(i, settings.workers, Path(run_dir))), name=f"worker-{i}")
+            context.Process(target=_worker, args=(shared, port, Peers(i, settings.workers, Path(run_dir))), name=f"worker-{i}")
             for i in range(settings.workers)
         ]
         for proc in procs:
             proc.start()
-        log.info("workers started", extra={"workers": settings.workers, "port": sock.getsockname()[1], "pids": [p.pid for p in procs]})
+        log.info("workers started", extra={"workers": settings.workers, "port": port, "pids": [p.pid for p in procs]})
 
         def forward(sig, frame):
             for proc in procs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import io
 import subprocess
 import sys
@@ -236,10 +237,17 @@ def test_cli_version_prints_the_package_version():
     assert out.stdout.strip() == f"deeplab-serve {pyproject}" == f"deeplab-serve {package_version()}"
 
 
+def exit_line(out: subprocess.CompletedProcess) -> str:
+    """The reason a server gave up: its last stderr line, one JSON log object like every other."""
+    record = json.loads(out.stderr.splitlines()[-1])
+    assert record["level"] == "error" and out.returncode == 1
+    return record["msg"]
+
+
 def test_cli_exits_with_one_clear_line_when_the_backend_cannot_run_the_precision():
     out = run_cli("--precision", "fp8", "--device", "cpu", "--host", "127.0.0.1", "--port", str(free_port()))
     assert out.returncode != 0
-    assert "cannot start: the torch backend on cpu runs fp32, fp16, bf16, not fp8" in out.stderr.splitlines()[-1]
+    assert "cannot start: the torch backend on cpu runs fp32, fp16, bf16, not fp8" in exit_line(out)
     assert "Traceback" not in out.stderr + out.stdout
 
 
@@ -248,7 +256,7 @@ def test_cli_exits_with_one_clear_line_on_a_bad_api_keys_file(tmp_path):
     keys.write_text("not-a-digest-line\n")
     out = run_cli("--api-keys-file", str(keys), "--device", "cpu", "--host", "127.0.0.1", "--port", str(free_port()))
     assert out.returncode != 0
-    assert out.stderr.splitlines()[-1].startswith("deeplab-serve: cannot start:") and "line 1" in out.stderr
+    assert exit_line(out).startswith("deeplab-serve: cannot start:") and "line 1" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
 
 

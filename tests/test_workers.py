@@ -7,11 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import numpy as np
 import tritonclient.grpc as triton
-from helpers import REPO, free_port, image_bytes, metric, scene, wait_for_metric, wait_ready
+from helpers import REPO, free_port, image_bytes, metric, scene, wait_ready
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.workers import merge_expositions
@@ -40,6 +41,16 @@ def test_expositions_merge_with_a_worker_label():
     assert merged.count("# TYPE deeplab_images_total counter") + merged.count("# TYPE deeplab_images counter") == 1
 
 
+def scrape_until(url: str, done, timeout_s: float = 60) -> str:
+    """The first /metrics text for which ``done`` holds: workers publish their series every second,
+    and whichever worker answers shows the others' as last published."""
+    deadline = time.monotonic() + timeout_s
+    while not done(text := httpx.get(f"{url}/metrics").text):
+        assert time.monotonic() < deadline, "the workers' series never added up"
+        time.sleep(0.1)
+    return text
+
+
 def start(*args: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "DEEPLAB_HOST": "127.0.0.1", "DEEPLAB_DEVICE": "cpu", "DEEPLAB_LOG_LEVEL": "warning"}
     return subprocess.Popen(
@@ -59,8 +70,7 @@ def test_two_workers_serve_one_port_report_together_and_drain_on_sigterm():
         assert all(r.status_code == 200 for r in answers)
         assert len({r.content for r in answers}) == 1  # the same model in every worker
         # every worker's series, whichever worker answers the scrape (published every second)
-        wait_for_metric(url, "deeplab_requests_total", 16, "both workers' requests are counted", timeout_s=60, endpoint="/segment")
-        text = httpx.get(f"{url}/metrics").text
+        text = scrape_until(url, lambda t: metric(t, "deeplab_requests_total", endpoint="/segment") == 16)
         served = [metric(text, "deeplab_requests_total", endpoint="/segment", worker=str(i)) for i in range(2)]
         assert sum(served) == 16 and min(served) > 0, served  # new connections went to both
         assert metric(text, "deeplab_ready") == 2
