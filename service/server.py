@@ -18,10 +18,12 @@ import contextvars
 import os
 import logging
 import signal
+import threading
 
 import uvicorn
 from fastapi import FastAPI
 
+from service import workers
 from service.app import create_app
 from service.backends import Backend
 from service.front import protocol_for
@@ -108,12 +110,32 @@ def serve(settings: Settings, backend: Backend | None = None) -> None:
     bad API keys file) or the model cannot be loaded. ``workers`` > 1: ``service.workers``."""
     prepare(settings)
     if settings.workers > 1 and backend is None:
-        from service.workers import supervise
-
-        return supervise(settings)
+        return workers.supervise(settings, serve_worker)
     try:
         server = build_server(settings, backend)
     except ValueError as exc:
         raise SystemExit(f"deeplab-serve: cannot start: {exc}") from None
     server.run()
+    exit_if_failed(server)
+
+
+def serve_worker(settings: Settings, port: int, peers: workers.Peers) -> None:
+    """One of ``workers`` processes: the single-process server on its own socket of the port,
+    ready and drained with the group, publishing its metrics for the others."""
+    prepare(settings)
+    try:
+        server = build_server(settings)
+    except ValueError as exc:
+        raise SystemExit(f"deeplab-serve: cannot start: {exc}") from None
+    server.repository.peers = peers
+    stop = threading.Event()
+    publisher = threading.Thread(target=workers.publish_metrics, args=(peers, server.repository.metrics.render, stop), daemon=True)
+    publisher.start()
+    sock = workers.reuse_port_socket(settings.host, port)
+    sock.listen(2048)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        stop.set()
+        peers.mark(False)
     exit_if_failed(server)

@@ -29,6 +29,7 @@ import signal
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -94,7 +95,8 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _publisher(peers: Peers, render, stop: threading.Event) -> None:
+def publish_metrics(peers: Peers, render, stop: threading.Event) -> None:
+    """A worker's thread: its exposition into the run directory every second until ``stop``."""
     while not stop.wait(PUBLISH_INTERVAL_S):
         try:
             peers.publish(render())
@@ -111,29 +113,6 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(settings: Settings, port: int, peers: Peers) -> None:
-    """One worker process: the single-process server on its own socket of the port, in the group."""
-    from service.server import build_server, exit_if_failed, prepare
-
-    prepare(settings)
-    try:
-        server = build_server(settings)
-    except ValueError as exc:
-        raise SystemExit(f"deeplab-serve: cannot start: {exc}") from None
-    server.repository.peers = peers
-    stop = threading.Event()
-    metrics = server.repository.metrics
-    threading.Thread(target=_publisher, args=(peers, metrics.render, stop), name="metrics-publish", daemon=True).start()
-    sock = reuse_port_socket(settings.host, port)
-    sock.listen(2048)
-    try:
-        server.run(sockets=[sock])
-    finally:
-        stop.set()
-        peers.mark(False)
-    exit_if_failed(server)
-
-
 def worker_settings(settings: Settings) -> Settings:
     """A worker's share of the memory budget and of the queued work."""
     share = {"memory_budget_fraction": settings.memory_budget_fraction / settings.workers}
@@ -144,8 +123,9 @@ def worker_settings(settings: Settings) -> Settings:
     return settings.model_copy(update=share)
 
 
-def supervise(settings: Settings) -> None:
-    """Claim the port, spawn the workers, forward SIGTERM/SIGINT, exit with the first failure's status."""
+def supervise(settings: Settings, worker: Callable[[Settings, int, Peers], None]) -> None:
+    """Claim the port, spawn the workers (``worker(settings, port, peers)`` in each), forward
+    SIGTERM/SIGINT, exit with the first failure's status."""
     if settings.enable_model_control:
         raise SystemExit("deeplab-serve: cannot start: model control needs workers = 1 (a load must reach every worker)")
     try:  # claimed, not listened on: connections go to the workers' sockets only
@@ -157,7 +137,7 @@ def supervise(settings: Settings) -> None:
     with tempfile.TemporaryDirectory(prefix="deeplab-workers-") as run_dir:
         shared = worker_settings(settings)
         procs = [
-            context.Process(target=_worker, args=(shared, port, Peers(i, settings.workers, Path(run_dir))), name=f"worker-{i}")
+            context.Process(target=worker, args=(shared, port, Peers(i, settings.workers, Path(run_dir))), name=f"worker-{i}")
             for i in range(settings.workers)
         ]
         for proc in procs:
