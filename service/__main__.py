@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import typing
 
@@ -44,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
+    # grpc's C core would print its own plain-text lines (e.g. a port clash) beside the JSON log;
+    # the server reports those failures itself. GRPC_VERBOSITY=ERROR (or DEBUG) brings them back.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     from service.server import (
         serve,  # after parsing: --help and --version skip the web stack
     )

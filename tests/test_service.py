@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import io
+import socket
 import subprocess
 import sys
 import tomllib
@@ -258,6 +259,16 @@ def test_cli_exits_with_one_clear_line_on_a_bad_api_keys_file(tmp_path):
     assert out.returncode != 0
     assert exit_line(out).startswith("deeplab-serve: cannot start:") and "line 1" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_a_taken_grpc_port_stops_the_start_with_json_lines_only():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = run_cli("--grpc-port", str(port), "--device", "cpu", "--host", "127.0.0.1", "--port", str(free_port()))
+    assert f"cannot listen for gRPC on 127.0.0.1:{port}" in exit_line(out)
+    assert all(json.loads(line) for line in out.stderr.splitlines()), out.stderr  # grpc's C core prints nothing of its own
 
 
 def test_readme_settings_table_is_the_settings_table():
