@@ -98,11 +98,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--min-iters", type=int, default=3)
     ap.add_argument("--min-seconds", type=float, default=3.0)
     ap.add_argument("--images", type=Path, default=None, help="JPEG folder (default: CamVid val)")
-    ap.add_argument("--out", type=Path, help="JSON path (default: bench/results/model_bench_<hw>_<backend>_<precision>.json)")
+    ap.add_argument("--tta", action="store_true", help="the service's multi-scale + flip test-time augmentation (torch)")
+    ap.add_argument("--out", type=Path, help="JSON path (default: bench/results/model_bench_<hw>_<backend>_<precision>[_tta].json)")
     args = ap.parse_args(argv)
 
     device = args.device or default_device()
-    backend = create_backend(args.model, args.backend, device, args.precision)
+    backend = create_backend(args.model, args.backend, device, args.precision, tta=args.tta)
     cfg = backend.load()
     precision = backend.precision.value  # what the engine really runs (auto resolved)
     policy = InputPolicy.for_config(cfg)
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": device,
         "config": cfg.name,
         "backend": resolve_backend_name(args.model, args.backend),
+        "tta": args.tta,
         "precision": precision,
         "input_wh": [w, h],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("| batch | images/s | ms/batch |\n|--:|--:|--:|")
     for r in rows:
         print(f"| {r['batch_size']} | {r['images_per_s']:.2f} | {r['ms_per_batch_median']:.1f} |")
-    out = args.out or RESULTS / f"model_bench_{slug(hw if device.startswith('cuda') else 'cpu')}_{result['backend']}_{precision}.json"
+    tta = "_tta" if args.tta else ""
+    out = args.out or RESULTS / f"model_bench_{slug(hw if device.startswith('cuda') else 'cpu')}_{result['backend']}_{precision}{tta}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

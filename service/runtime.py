@@ -59,7 +59,8 @@ class Runtime:
         self.metrics: ModelMetrics | None = None  # once loaded: the series carry the model's name
         self.lifecycle = Lifecycle()
         self.backend = backend or create_backend(
-            spec.source, settings.backend, settings.device, settings.precision, cuda_graphs=settings.cuda_graphs
+            spec.source, settings.backend, settings.device, settings.precision, cuda_graphs=settings.cuda_graphs,
+            tta=settings.tta,
         )
         self.pool = pool
         self.memory = memory

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
         description="torch backend on CUDA, whole-image models: capture each warmed-up batch shape as "
         "a CUDA graph and replay it (one launch per batch instead of ~150)",
     )
+    tta: bool = Field(
+        False, description="multi-scale (0.5-1.75) + flip test-time augmentation, mmseg's aug test on the "
+        "test-scale image: 12 passes per image (cost: bench/RESULTS.md); torch backend, whole-image configs",
+    )
     max_batch_size: int = Field(8, ge=1, le=256, description="images per batch")
     instances: int | None = Field(
         None, ge=1, le=8, description="batches of one model computed at once, each from its own inference "

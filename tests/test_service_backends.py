@@ -32,6 +32,7 @@ from model import build_model, get_config
 from model.accel import fp8
 from model.accel.fast import Fp8Conv3x3
 from model.pipeline import Segmenter
+from model.pipeline.inference import TTA_RATIOS
 from model.pipeline.buckets import InputPolicy
 from model.precision import Precision, UnsupportedPrecision
 from service.backends import BACKENDS, Backend, create_backend, resolve_backend_name
@@ -357,3 +358,27 @@ def test_runtime_stages_each_image_in_a_codec_thread_and_batches_the_staged_item
     assert max(int(r.headers["x-batch-size"]) for r in responses) > 1
     for image, response in zip(images, responses):
         assert np.array_equal(labels_of(response), backend.infer(image[None].copy())[0])
+
+
+def test_tta_serves_mmsegs_multi_scale_and_flip_test():
+    """The backend's tta (on the test-scale bucket) agrees with the Segmenter's (mmseg's aug test
+    on the image) where the two see the same pixels: an image already at the test scale."""
+    net = small_net(seed=12)
+    images = np.stack([scene(30 + i) for i in range(2)])  # 64 x 48: the test scale, one bucket, no padding
+    reference = Segmenter(copy.deepcopy(net), tta=True).predict(list(images))
+    tta = TorchBackend(net=copy.deepcopy(net), tta=True)
+    tta.load()
+    plain = TorchBackend(net=copy.deepcopy(net))
+    plain.load()
+    labels = tta.infer(images)
+    assert all((labels[i] == reference[i]).mean() > 0.97 for i in range(2))  # resized floats vs uint8: rare ties
+    assert (labels != plain.infer(images)).any()  # the augmentation changed something
+    assert tta.describe()["tta"] == list(TTA_RATIOS)
+
+
+def test_tta_is_refused_where_it_is_not_offered(tmp_path):
+    with pytest.raises(ValueError, match="does not offer tta"):
+        create_backend(str(tmp_path / "model.onnx"), tta=True)
+    slide = TorchBackend(net=build_model(get_config("deeplabv3plus_r18-d8_4xb2-80k_cityscapes-769x769")).eval(), tta=True)
+    with pytest.raises(ValueError, match="sliding windows"):
+        slide.load()

@@ -18,6 +18,7 @@ import functools
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..configs import ModelConfig
@@ -91,6 +92,24 @@ def whole_image_labels(net: DeepLabV3Plus | FastDeepLabV3Plus, x: torch.Tensor) 
     one class, neighbouring output pixels then read neighbouring source pixels (coalesced),
     where channels-last spreads a warp's loads over 32 pixels' class vectors."""
     return upsample_argmax(net.decode(x).contiguous(), x.shape[2:], net.config.head.align_corners)
+
+
+def tta_labels(net: DeepLabV3Plus | FastDeepLabV3Plus, x: torch.Tensor, ratios: tuple[float, ...]) -> torch.Tensor:
+    """uint8 labels at x's size from mmseg's multi-scale + flip test: x resized by each ratio (as
+    mmcv rounds), with and without a horizontal flip, each pass's softmax brought back to x's
+    size and averaged (the mean's argmax is the sum's)."""
+    h, w = x.shape[2:]
+    align_corners = net.config.head.align_corners
+    total = None
+    for ratio in ratios:
+        size = (int(h * ratio + 0.5), int(w * ratio + 0.5))
+        scaled = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        for flip in (False, True):
+            logits = net.decode(scaled.flip(-1) if flip else scaled).float()
+            logits = logits.flip(-1) if flip else logits
+            scores = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=align_corners).softmax(dim=1)
+            total = scores if total is None else total.add_(scores)
+    return total.argmax(dim=1).to(torch.uint8)
 
 
 def normalizer(

@@ -50,6 +50,8 @@ def create_backend(
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     cls = BACKENDS[name]
+    if options.get("tta") and "tta" not in cls.options:
+        raise ValueError(f"the {name} backend does not offer tta (test-time augmentation): serve a checkpoint with torch")
     accepted = {key: value for key, value in options.items() if key in cls.options}
     devices = expand_devices(device, _visible_gpus() if device == "cuda" else 0)
     replicas = [cls(model, device=d, precision=precision, **accepted) for d in devices]

@@ -30,11 +30,12 @@ from model.accel.cuda_graphs import MAX_PADDING, ShapeGraphs
 from model.accel.fast import (
     normalizer,
     optimize_for_inference,
+    tta_labels,
     use_fp8,
     whole_image_labels,
 )
 from model.checkpoint import DEFAULT_WEIGHTS
-from model.pipeline.inference import slide_logits
+from model.pipeline.inference import TTA_RATIOS, slide_logits
 from model.precision import Precision
 from service.backends.base import AUTO, Backend
 from service.backends.provenance import weights_provenance
@@ -45,16 +46,18 @@ _ALWAYS = (Precision.FP32, Precision.FP16, Precision.BF16)
 class TorchBackend(Backend):
     name = "torch"
     extensions = (".pth", ".pt", ".safetensors")
-    options = ("cuda_graphs",)
+    options = ("cuda_graphs", "tta")
 
     def __init__(
         self, model=None, device="cpu", precision=AUTO, net: torch.nn.Module | None = None,
-        cuda_graphs: bool = True,
+        cuda_graphs: bool = True, tta: bool = False,
     ):  # fmt: skip
-        """``net``: an already built network to serve instead of loading ``model``."""
+        """``net``: an already built network to serve instead of loading ``model``; ``tta``:
+        multi-scale + flip test-time augmentation (``model.pipeline.inference.TTA_RATIOS``)."""
         super().__init__(model, device, precision)
         self.net = net
         self.cuda_graphs = cuda_graphs
+        self.tta = tta
         self._graphs: ShapeGraphs | None = None
         self._batch_sizes: set[int] = set()  # warmed up: the sizes new shapes are captured at
 
@@ -79,6 +82,8 @@ class TorchBackend(Backend):
         if self.net is None:
             self.net = load_model(self.model, device=str(self._device))
         self.config = self.net.config
+        if self.tta and self.config.inference != "whole":
+            raise ValueError(f"tta is offered for whole-image configs; {self.config.name} runs sliding windows")
         self.provenance = weights_provenance(weights_file, getattr(self.net, "meta", {}))
         if self._device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -98,6 +103,8 @@ class TorchBackend(Backend):
         cfg = self.config
         if cfg.inference == "slide":
             return slide_logits(self.net, x, cfg.slide_crop, cfg.slide_stride).argmax(dim=1).to(torch.uint8)
+        if self.tta:
+            return tta_labels(self.net, x, TTA_RATIOS)
         return whole_image_labels(self.net, x)
 
     def warm_up(self, shapes: Iterable[tuple[int, int, int]], tune: bool = True) -> None:
@@ -148,4 +155,5 @@ class TorchBackend(Backend):
         return {
             "torch": torch.__version__,
             "cuda_graphs": None if self._graphs is None else len(self._graphs.shapes),
+            "tta": list(TTA_RATIOS) if self.tta else None,
         }
