@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -77,7 +78,8 @@ def write_input_data(path: Path, images: list[bytes]) -> Path:
 @dataclasses.dataclass
 class Result:
     protocol: str
-    concurrency: int
+    concurrency: int | None  # closed loop: requests in flight
+    rate: float | None  # open loop: requests/s offered (Poisson arrivals)
     returncode: int
     seconds: float
     request_count: int | None
@@ -93,12 +95,17 @@ def _number(pattern: str, text: str) -> float | None:
 
 
 def run(protocol: str, address: str, model: str, data: Path, concurrency: int = 1, interval_ms: int = 5000,
-        stability_pct: float = 10.0, timeout_s: float = 600.0, env: dict[str, str] | None = None) -> Result:
-    """One perf_analyzer run at one concurrency. ``address`` is host:port of the protocol's port.
-    perf_analyzer measures windows of ``interval_ms`` (it sleeps 1.2x that each) until 3 in a row
-    are within ``stability_pct``; a failed request ends it with a nonzero exit code."""
+        stability_pct: float = 10.0, timeout_s: float = 600.0, env: dict[str, str] | None = None,
+        rate: float | None = None) -> Result:
+    """One perf_analyzer run at one concurrency, or (``rate``) open loop: Poisson arrivals at
+    ``rate`` requests/s whatever the latency, as real traffic comes. ``address`` is host:port of
+    the protocol's port. perf_analyzer measures windows of ``interval_ms`` (it sleeps 1.2x that
+    each) until 3 in a row are within ``stability_pct``; a failed request ends it with a nonzero
+    exit code."""
+    load = (["--request-rate-range", f"{rate:g}", "--request-distribution", "poisson", "--max-threads", "64"]
+            if rate else ["--concurrency-range", str(concurrency)])  # fmt: skip
     cmd = [str(binary()), "-m", model, "-i", protocol, "-u", address, "--input-data", str(data), "--shape", "IMAGE:1",
-           "--concurrency-range", str(concurrency), "--measurement-interval", str(interval_ms),
+           *load, "--measurement-interval", str(interval_ms),
            "--stability-percentage", str(stability_pct)]  # stabilizes on the mean latency; p50..p99 are printed
     started = time.monotonic()
     done = subprocess.run(cmd, env=env or environment(), capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -106,8 +113,16 @@ def run(protocol: str, address: str, model: str, data: Path, concurrency: int = 
     text = done.stdout + done.stderr
     count = _number(r"Request count: (\d+)", text)
     p50, p99 = _number(r"p50 latency: (\d+) usec", text), _number(r"p99 latency: (\d+) usec", text)
-    return Result(protocol, concurrency, done.returncode, round(seconds, 1), int(count) if count is not None else None,
+    return Result(protocol, None if rate else concurrency, rate, done.returncode, round(seconds, 1), int(count) if count is not None else None,
                   _number(r"Throughput: ([\d.]+) infer/sec", text), p50 and p50 / 1e3, p99 and p99 / 1e3, text)
+
+
+def _hardware(url: str) -> str:
+    """The served device's name when the server runs here (bench.model_bench.hardware), else remote."""
+    from bench.model_bench import hardware
+
+    served = httpx.get(f"{url}/v1/models", timeout=30).json()["models"][0]["device"].split(",")[0]
+    return hardware(served) if url.split("://", 1)[-1].startswith("127.0.0.1") else "remote"
 
 
 def _free_port() -> int:
@@ -123,7 +138,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--serve", metavar="ARGS", help="start `python -m service ARGS --grpc-port FREE` for the run")
     ap.add_argument("--model", help="model name (default: the served config)")
     ap.add_argument("--protocols", nargs="+", default=["grpc", "http"], choices=["grpc", "http"])
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32])
+    ap.add_argument("--rate", type=float, nargs="*", default=[], help="open-loop requests/s levels (Poisson), after the closed-loop ones")
     ap.add_argument("--interval-ms", type=int, default=5000, help="perf_analyzer's measurement window")
     ap.add_argument("--stability-pct", type=float, default=10.0, help="largest spread between 3 windows in a row")
     ap.add_argument("--images", type=Path, default=None, help="JPEG folder (default: CamVid val)")
@@ -144,10 +160,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     try:
         model = args.model or httpx.get(f"{url}/v1/models", timeout=30).json()["default"]
+        hw = _hardware(url)
         for protocol in args.protocols:
             address = grpc_address if protocol == "grpc" else url.split("://", 1)[-1]
-            for concurrency in args.concurrency:
-                result = run(protocol, address, model, data, concurrency, args.interval_ms, args.stability_pct, env=env)
+            for concurrency, rate in [(c, None) for c in args.concurrency] + [(1, r) for r in args.rate]:
+                result = run(protocol, address, model, data, concurrency, args.interval_ms, args.stability_pct, env=env, rate=rate)
                 row = {k: v for k, v in dataclasses.asdict(result).items() if k != "output"}
                 if result.returncode != 0:
                     row["error"] = result.output[-2000:]
@@ -157,12 +174,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
-    print("| protocol | concurrency | infer/s | p50 ms | p99 ms | exit |")
+    print("| protocol | load | infer/s | p50 ms | p99 ms | exit |")
     print("|---|--:|--:|--:|--:|--:|")
     for r in rows:
-        print(f"| {r['protocol']} | {r['concurrency']} | {r['throughput']} | {r['p50_ms']} | {r['p99_ms']} | {r['returncode']} |")
+        load = f"{r['rate']:g} req/s offered" if r["rate"] else f"{r['concurrency']} in flight"
+        print(f"| {r['protocol']} | {load} | {r['throughput']} | {r['p50_ms']} | {r['p99_ms']} | {r['returncode']} |")
     if args.out:
-        args.out.write_text(json.dumps({"benchmark": "perf_analyzer", "model": model, "rows": rows}, indent=1))
+        command = "python -m bench.perf_analyzer " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+        doc = {"benchmark": "perf_analyzer", "hardware": hw, "command": command, "model": model, "rows": rows}
+        args.out.write_text(json.dumps(doc, indent=1))
     return rows
 
 

@@ -96,3 +96,14 @@ def test_grpc(server, data, env):
     # Segmented through the shared batcher, and none of it went over HTTP /v2.
     assert after["images"] - before["images"] >= result.request_count, (before, after, result)
     assert after["infer_ok"] == before["infer_ok"] and after["infer_failed"] == before["infer_failed"], (before, after)
+
+
+def test_open_loop_request_rate(server, data, env):
+    """Poisson arrivals at a fixed rate (the open-loop mode issue 17's latency targets use)."""
+    url, _ = server
+    result = perf_analyzer.run("http", url.removeprefix("http://"), MODEL, data, interval_ms=INTERVAL_MS,
+                               stability_pct=STABILITY_PCT, timeout_s=TIMEOUT_S, env=env, rate=4)  # fmt: skip
+    assert result.returncode == 0, result.output[-3000:]
+    assert "Request Rate: 4" in result.output and result.rate == 4 and result.concurrency is None
+    assert result.request_count and result.p99_ms, result.output
+
