@@ -74,6 +74,11 @@ def test_two_workers_serve_one_port_report_together_and_drain_on_sigterm():
         served = [metric(text, "deeplab_requests_total", endpoint="/segment", worker=str(i)) for i in range(2)]
         assert sum(served) == 16 and min(served) > 0, served  # new connections went to both
         assert metric(text, "deeplab_ready") == 2
+        deadline = time.monotonic() + 60  # the web page's panel adds the workers up too
+        while (stats := httpx.get(f"{url}/v1/stats").json())["requests_total"] != 16:
+            assert time.monotonic() < deadline, stats
+            time.sleep(0.1)
+        assert stats["models"][0]["images_total"] == 16
         client = triton.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         assert client.is_server_ready()
         inp = triton.InferInput("IMAGE", [1], "BYTES")

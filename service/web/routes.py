@@ -17,7 +17,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
 from service.api import repository_of
-from service.web.stats import snapshot
+from service.web.stats import samples_of_text, snapshot
 
 STATIC = Path(__file__).parent / "static"
 ASSETS_URL = "/ui"
@@ -48,4 +48,8 @@ async def asset(name: str) -> Response:
 
 @router.get("/v1/stats", summary="The page's live panel: inference requests, latency p50/p99, per-model fps and batch size, GPUs")
 async def stats(request: Request) -> dict:
-    return snapshot(repository_of(request).metrics.registry)
+    repository = repository_of(request)
+    if repository.peers is None:
+        return snapshot(repository.metrics.registry)
+    merged = repository.peers.merged(repository.metrics.render()).decode()  # every worker's series
+    return snapshot(samples_of_text(merged))

@@ -13,6 +13,7 @@ import math
 from collections import defaultdict
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def is_inference(endpoint: str) -> bool:
@@ -41,13 +42,21 @@ def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
 _NO_MODEL_DATA = {"images_total": 0.0, "measured_fps": None, "queue_depth": None, "reference_fps": None, "reference_gpu": None}
 
 
-def _samples(registry: CollectorRegistry):
+def samples_of(registry: CollectorRegistry):
     for family in registry.collect():
         yield from family.samples
 
 
-def snapshot(registry: CollectorRegistry) -> dict:
-    """``{requests_total, latency_p50_s, latency_p99_s, models: [...], gpus: [...]}`` right now."""
+def samples_of_text(text: str):
+    """The samples of a Prometheus text exposition (every worker's, ``service.workers``)."""
+    for family in text_string_to_metric_families(text):
+        yield from family.samples
+
+
+def snapshot(registry_or_samples) -> dict:
+    """``{requests_total, latency_p50_s, latency_p99_s, models: [...], gpus: [...]}`` right now, from
+    a registry or from samples; a model's counts are summed over the workers that report it."""
+    samples = samples_of(registry_or_samples) if isinstance(registry_or_samples, CollectorRegistry) else registry_or_samples
     requests, latency = 0.0, defaultdict(float)
     models: dict[tuple[str, str], dict] = {}
     gpus: dict[str, dict] = {}
@@ -62,7 +71,7 @@ def snapshot(registry: CollectorRegistry) -> dict:
         "deeplab_gpu_memory_used_bytes": "memory_used_bytes",
         "deeplab_gpu_memory_total_bytes": "memory_total_bytes",
     }
-    for name, labels, value, *_ in _samples(registry):
+    for name, labels, value, *_ in samples:
         endpoint = labels.get("endpoint", "")
         if name == "deeplab_requests_total" and is_inference(endpoint):
             requests += value
@@ -72,13 +81,13 @@ def snapshot(registry: CollectorRegistry) -> dict:
             key = (labels["model"], labels.get("version", ""))
             entry = models.setdefault(key, {"name": key[0], "version": key[1], **_NO_MODEL_DATA})
             if name in per_model:
-                entry[per_model[name]] = value
+                entry[per_model[name]] = (entry[per_model[name]] or 0.0) + value
             elif name == "deeplab_reference_fps":
                 entry["reference_fps"], entry["reference_gpu"] = value, labels.get("gpu")
             elif name == "deeplab_batch_size_sum":
-                batch_sum[key] = value
+                batch_sum[key] += value
             elif name == "deeplab_batch_size_count":
-                batch_count[key] = value
+                batch_count[key] += value
         elif name in per_gpu and "gpu" in labels:
             gpus.setdefault(labels["gpu"], {"gpu": labels["gpu"]})[per_gpu[name]] = value
     for key, entry in models.items():
