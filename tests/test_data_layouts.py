@@ -154,3 +154,18 @@ def test_unknown_tree_and_generic_override(tmp_path):
     Image.fromarray(np.zeros((4, 6), np.uint8)).save(root / "labels/val/f4.png")
     (root / "images/val/notes.txt").write_text("not an image")
     assert [p[0].name for p in open_dataset(root, "val").pairs] == ["f1.jpg", "f2.jpg", "f3.jpg", "f4.png"]
+
+
+def test_splits_join_and_cross_validation_folds_partition_the_train_split(camvid_dir):
+    train = open_dataset(camvid_dir, "train").pairs
+    val = open_dataset(camvid_dir, "val").pairs
+    assert open_dataset(camvid_dir, "train+val").pairs == train + val
+    folds = [open_dataset(camvid_dir, f"train%5={i}").pairs for i in range(5)]
+    assert [p for fold in folds for p in fold] == list(train)  # contiguous blocks, in order, covering it once
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    rest = open_dataset(camvid_dir, "train%5!=2").pairs
+    assert set(rest) == set(train) - set(folds[2]) and len(rest) + len(folds[2]) == len(train)
+    assert open_dataset(camvid_dir, "train%5!=2+val").pairs == rest + val
+    for bad in ("train%5=5", "train%", "train-val", "test"):
+        with pytest.raises(KeyError):
+            open_dataset(camvid_dir, bad)

@@ -9,6 +9,7 @@ every dataset of the seed zoo; `generic` is the plain `images/<split>` + `labels
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,10 +162,36 @@ def detect_layout(root: str | Path) -> str:
     raise DatasetLayoutError(f"no known dataset layout under {root}")
 
 
+_SPLIT_PART = re.compile(r"^(\w+)(?:%(\d+)(!=|=)(\d+))?$")
+
+
+def _split_part(part: str) -> tuple[str, int | None, int | None, bool]:
+    """``train`` -> (train, None, None, _); ``train%5=2`` -> fold 2 of 5 (held out); ``train%5!=2`` -> the rest."""
+    found = _SPLIT_PART.match(part.strip())
+    if found is None:
+        raise KeyError(f"bad split {part!r}: NAME, NAME%K=I (fold I of K) or NAME%K!=I (all but it), joined by +")
+    name, folds, op, fold = found.groups()
+    if folds is None:
+        return name, None, None, True
+    if not 0 <= int(fold) < int(folds):
+        raise KeyError(f"bad split {part!r}: fold {fold} of {folds} does not exist (0..{int(folds) - 1})")
+    return name, int(folds), int(fold), op == "="
+
+
+def _fold(pairs: list, folds: int, fold: int, held_out: bool) -> list:
+    """Fold ``fold`` of ``folds`` contiguous blocks of the listed order (or everything else):
+    blocks, not every k-th file, so neighbouring video frames stay on one side."""
+    bounds = [round(len(pairs) * k / folds) for k in range(folds + 1)]
+    inside = pairs[bounds[fold] : bounds[fold + 1]]
+    return inside if held_out else pairs[: bounds[fold]] + pairs[bounds[fold + 1] :]
+
+
 def open_dataset(
     root: str | Path, split: str, layout: str | None = None, reduce_zero_label: bool | None = None
 ) -> SegDataset:
     """The split's pairs; every label file must exist, so a broken tree fails before training starts.
+    ``split`` may join splits (``train+val``) and pick cross-validation folds of one
+    (``train%5=0`` holds out the first of five contiguous blocks, ``train%5!=0`` is the rest).
 
     `reduce_zero_label` overrides the layout's own flag (a generic tree holding ADE-style labels).
     """
@@ -173,10 +200,14 @@ def open_dataset(
     if layout not in LAYOUTS:
         raise KeyError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
     spec = LAYOUTS[layout]
-    if split not in spec.splits:
-        raise KeyError(f"layout {layout!r} has no split {split!r}")
     base = _resolve_root(root, layout)
-    pairs = [pair for src in spec.splits[split] for pair in _list_source(base, src)]
+    pairs = []
+    for part in split.split("+"):
+        name, folds, fold, held_out = _split_part(part)
+        if name not in spec.splits:
+            raise KeyError(f"layout {layout!r} has no split {name!r}")
+        listed = [pair for src in spec.splits[name] for pair in _list_source(base, src)]
+        pairs += listed if folds is None else _fold(listed, folds, fold, held_out)
     if not pairs:
         raise DatasetLayoutError(f"no images for split {split!r} of layout {layout!r} under {base}")
     missing = [str(seg) for _, seg in pairs if not seg.is_file()]
