@@ -16,6 +16,7 @@ from PIL import Image
 from model import DEFAULT_MODEL, build_model, get_config, load_model
 from model.checkpoint import DEFAULT_WEIGHTS
 from model.training.train import load_initial_weights
+from model.training.crossval import main as crossval_main
 from model.training.train import main as train_main
 from model.training.state import load_state
 
@@ -111,3 +112,19 @@ def test_load_from_keeps_what_fits_another_dataset(tmp_path):
     skipped = load_initial_weights(net, str(DEFAULT_WEIGHTS))
     assert "decode_head.conv_seg.weight" in skipped and all(k.startswith(("decode_head.conv_seg", "auxiliary_head")) for k in skipped)
     assert torch.equal(net.state_dict()["backbone.layer4.1.conv2.weight"], src.state_dict()["backbone.layer4.1.conv2.weight"])
+
+
+def test_cross_validation_trains_each_fold_on_the_rest_and_scores_its_last_iteration(tree, tmp_path):
+    common = [DEFAULT_MODEL, "--data", str(tree), "--folds", "2", "--work-dir", str(tmp_path)]
+    first = crossval_main([*common, "--only", "0", "--iters", "4", "--val-interval", "2", "--seed", "1", *TINY])
+    assert list(first["folds"]) == ["0"] and first["mIoU"]["std"] is None
+    summary = crossval_main([*common, "--only", "1", "--iters", "4", "--val-interval", "2", "--seed", "1", *TINY])
+    assert list(summary["folds"]) == ["0", "1"] == [k for k in json.loads((tmp_path / "crossval.json").read_text())["folds"]]
+    for fold in (0, 1):
+        log = train_log(tmp_path / f"fold{fold}")
+        assert next(r for r in log if r["kind"] == "start")["images"] == 2  # the other half of the 4 train images
+        vals = [r for r in log if r["kind"] == "val"]
+        assert [r["iter"] for r in vals] == [2, 4] and summary["folds"][str(fold)]["mIoU"] == vals[-1]["mIoU"]  # the last, not the best
+    scores = [summary["folds"][f]["mIoU"] for f in ("0", "1")]
+    assert summary["mIoU"]["mean"] == round(sum(scores) / 2, 2)
+    assert set(summary["per_class_IoU"]) == set(get_config(DEFAULT_MODEL).dataset.classes)

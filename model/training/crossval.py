@@ -1,0 +1,87 @@
+"""`python -m model.training.crossval CONFIG --data DIR --folds 5 [train options]`: K-fold
+cross-validation of one training recipe on the train split.
+
+Fold i trains on ``train%K!=i`` and is scored on ``train%K=i`` (contiguous blocks, so neighbouring
+video frames do not straddle the two sides) at the schedule's **last** iteration: picking each
+fold's best checkpoint on its own held-out images would make the estimate optimistic, and the
+final model is trained on a fixed schedule too. Every other option goes to
+`model.training.train` unchanged (``--iters``, ``--ohem-min-kept``, ``--class-weight``, ...), so
+two recipes compare on the same folds. ``--only 0 1`` runs some folds (e.g. one per GPU, in
+separate calls); the summary reads every fold finished under ``--work-dir``.
+
+Prints a table and writes WORK_DIR/crossval.json: per fold mIoU, aAcc and per-class IoU, and
+their mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from .train import main as train_main
+
+
+def final_scores(work_dir: Path) -> dict | None:
+    """The validation at the run's last iteration, from its log (None if the run has not ended)."""
+    log = work_dir / "log.jsonl"
+    if not log.is_file():
+        return None
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    ends = [r for r in records if r["kind"] == "end"]
+    if not ends:
+        return None
+    last = [r for r in records if r["kind"] == "val" and r["iter"] == ends[-1]["iter"]]
+    return last[-1] if last else None
+
+
+def summarise(folds: dict[int, dict]) -> dict:
+    """Mean and standard deviation over folds, overall and per class."""
+
+    def spread(values: list[float]) -> dict:
+        """Mean and sample std; None where no fold has the class (or one fold, for the std)."""
+        mean = round(statistics.fmean(values), 2) if values else None
+        return {"mean": mean, "std": round(statistics.stdev(values), 2) if len(values) > 1 else None}
+
+    classes = list(next(iter(folds.values()))["per_class"]) if folds else []
+    return {
+        "folds": {str(i): {k: s[k] for k in ("iter", "mIoU", "aAcc", "per_class")} for i, s in sorted(folds.items())},
+        "mIoU": spread([s["mIoU"] for s in folds.values()]) if folds else None,
+        "per_class_IoU": {
+            c: spread([s["per_class"][c]["IoU"] for s in folds.values() if s["per_class"][c]["IoU"] is not None]) for c in classes
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m model.training.crossval", description=__doc__.splitlines()[0])
+    ap.add_argument("config")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--only", type=int, nargs="*", default=None, help="folds to run now (default: all)")
+    ap.add_argument("--work-dir", type=Path, required=True)
+    args, train_args = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.folds < 2:
+        ap.error("--folds must be at least 2")
+    for i in args.only if args.only is not None else range(args.folds):
+        if not 0 <= i < args.folds:
+            ap.error(f"--only {i}: folds are 0..{args.folds - 1}")
+        train_main([
+            args.config, "--data", args.data, "--work-dir", str(args.work_dir / f"fold{i}"),
+            "--train-split", f"train%{args.folds}!={i}", "--val-split", f"train%{args.folds}={i}", *train_args,
+        ])  # fmt: skip
+    finished = {i: s for i in range(args.folds) if (s := final_scores(args.work_dir / f"fold{i}")) is not None}
+    summary = {"config": args.config, "folds_total": args.folds, "train_args": train_args, **summarise(finished)}
+    (args.work_dir / "crossval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"| fold | iter | mIoU | aAcc |\n|--:|--:|--:|--:|")
+    for i, s in sorted(finished.items()):
+        print(f"| {i} | {s['iter']} | {s['mIoU']} | {s['aAcc']} |")
+    if summary["mIoU"] is not None:
+        print(f"mIoU over {len(finished)} of {args.folds} folds: {summary['mIoU']['mean']} (std {summary['mIoU']['std']})")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
