@@ -35,6 +35,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
+from service.backends import visible_gpus
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -113,9 +114,13 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def worker_settings(settings: Settings) -> Settings:
-    """A worker's share of the memory budget and of the queued work."""
+def worker_settings(settings: Settings, index: int, gpus: int) -> Settings:
+    """Worker ``index``'s share of the memory budget and of the queued work, and its device: with
+    ``device=cuda`` and several GPUs, worker i serves from GPU i mod their number (each GPU its
+    own front processes, rather than every worker a copy on every GPU)."""
     share = {"memory_budget_fraction": settings.memory_budget_fraction / settings.workers}
+    if settings.device == "cuda" and gpus > 1:
+        share["device"] = f"cuda:{index % gpus}"
     if settings.memory_budget_bytes is not None:
         share["memory_budget_bytes"] = max(1, settings.memory_budget_bytes // settings.workers)
     if settings.queue_capacity_pixels is not None:
@@ -135,9 +140,9 @@ def supervise(settings: Settings, worker: Callable[[Settings, int, Peers], None]
     port = sock.getsockname()[1]
     context = multiprocessing.get_context("spawn")  # no fork: torch and threads do not survive one
     with tempfile.TemporaryDirectory(prefix="deeplab-workers-") as run_dir:
-        shared = worker_settings(settings)
+        gpus = visible_gpus() if settings.device == "cuda" else 0
         procs = [
-            context.Process(target=worker, args=(shared, port, Peers(i, settings.workers, Path(run_dir))), name=f"worker-{i}")
+            context.Process(target=worker, args=(worker_settings(settings, i, gpus), port, Peers(i, settings.workers, Path(run_dir))), name=f"worker-{i}")
             for i in range(settings.workers)
         ]
         for proc in procs:

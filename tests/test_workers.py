@@ -96,3 +96,15 @@ def test_model_control_with_several_workers_is_refused_at_start():
     proc = start("--workers", "2", "--enable-model-control", port=free_port())
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "model control needs workers = 1" in out
+
+
+def test_each_worker_gets_its_share_and_with_several_gpus_one_of_them():
+    from service.settings import Settings
+    from service.workers import worker_settings
+
+    settings = Settings(workers=4, device="cuda", memory_budget_bytes=4000, queue_capacity_pixels=400)
+    shares = [worker_settings(settings, i, gpus=2) for i in range(4)]
+    assert [s.device for s in shares] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert {(s.memory_budget_bytes, s.queue_capacity_pixels, s.workers) for s in shares} == {(1000, 100, 4)}
+    assert worker_settings(settings, 3, gpus=1).device == "cuda"  # one GPU: every worker on it
+    assert worker_settings(Settings(workers=2, device="cuda:1"), 0, gpus=2).device == "cuda:1"  # a chosen GPU stays

@@ -53,12 +53,13 @@ def create_backend(
     if options.get("tta") and "tta" not in cls.options:
         raise ValueError(f"the {name} backend does not offer tta (test-time augmentation): serve a checkpoint with torch")
     accepted = {key: value for key, value in options.items() if key in cls.options}
-    devices = expand_devices(device, _visible_gpus() if device == "cuda" else 0)
+    devices = expand_devices(device, visible_gpus() if device == "cuda" else 0)
     replicas = [cls(model, device=d, precision=precision, **accepted) for d in devices]
     return replicas[0] if len(replicas) == 1 else Replicas(replicas)
 
 
-def _visible_gpus() -> int:
+def visible_gpus() -> int:
+    """How many CUDA GPUs this process sees."""
     import torch
 
     return torch.cuda.device_count()
