@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     workers: int = Field(
         1, ge=1, le=64, description="server processes sharing the port, each with its own copy of the models "
         "and a share of the memory budget (one Python process's request handling caps small images well "
-        "below a GPU's rate); readiness, metrics (label worker) and SIGTERM act for all; model control needs 1",
+        "below a GPU's rate); readiness, metrics (label worker), model control and SIGTERM act for all",
     )
     cache_dir: Path | None = Field(
         None, description="compiled GPU kernels (Triton's cache) are kept here across restarts (mount a volume): "

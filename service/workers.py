@@ -16,12 +16,14 @@ client or a platform reads stays one server's:
 - SIGTERM: forwarded to every worker, each drains as a single server does; the supervisor exits
   0 when all have, else with the first failure's status.
 
-Model control needs one process (``workers`` = 1): a load would have to reach every worker.
+- model control: a load or unload received by one worker is applied by every worker, in order
+  (``service.worker_control``), and answered when all have.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import multiprocessing
 import os
@@ -37,6 +39,7 @@ from prometheus_client.utils import floatToGoString
 
 from service.backends import visible_gpus
 from service.settings import Settings
+from service.worker_control import ControlLog
 
 log = logging.getLogger("service")
 PUBLISH_INTERVAL_S = 1.0
@@ -49,6 +52,11 @@ class Peers:
     index: int
     count: int
     run_dir: Path
+
+    @functools.cached_property
+    def control(self) -> ControlLog:
+        """The group's log of load/unload operations (``service.worker_control``)."""
+        return ControlLog(self.run_dir / "control", self.index, self.count)
 
     def mark(self, ready: bool) -> None:
         path = self.run_dir / f"ready-{self.index}"
@@ -131,8 +139,6 @@ def worker_settings(settings: Settings, index: int, gpus: int) -> Settings:
 def supervise(settings: Settings, worker: Callable[[Settings, int, Peers], None]) -> None:
     """Claim the port, spawn the workers (``worker(settings, port, peers)`` in each), forward
     SIGTERM/SIGINT, exit with the first failure's status."""
-    if settings.enable_model_control:
-        raise SystemExit("deeplab-serve: cannot start: model control needs workers = 1 (a load must reach every worker)")
     try:  # claimed, not listened on: connections go to the workers' sockets only
         sock = reuse_port_socket(settings.host, settings.port)
     except OSError as exc:

@@ -12,9 +12,10 @@ import time
 import httpx
 import numpy as np
 import tritonclient.grpc as triton
-from helpers import REPO, free_port, image_bytes, metric, scene, wait_ready
+from helpers import REPO, free_port, image_bytes, metric, scene, small_net, wait_ready
 from prometheus_client.parser import text_string_to_metric_families
 
+from model import save_checkpoint
 from service.workers import merge_expositions
 
 ONE = """# HELP deeplab_images_total Images segmented
@@ -92,10 +93,38 @@ def test_two_workers_serve_one_port_report_together_and_drain_on_sigterm():
             proc.wait()
 
 
-def test_model_control_with_several_workers_is_refused_at_start():
-    proc = start("--workers", "2", "--enable-model-control", port=free_port())
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and "model control needs workers = 1" in out
+def test_model_control_reaches_every_worker(tmp_path):
+    """A load or unload received by one worker is applied by both before it is answered."""
+    root = tmp_path / "models"
+    for name, seed in (("alpha", 1), ("gamma", 2)):
+        save_checkpoint(small_net(seed), root / name / "model.pth")
+    (root / "gamma").rename(tmp_path / "gamma")  # dropped into the repository later
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start("--workers", "2", "--enable-model-control", "--model-repository", str(root), "--grpc-port", "0", port=port)
+    try:
+        wait_ready(proc, url, timeout_s=300)
+        (tmp_path / "gamma").rename(root / "gamma")
+        r = httpx.post(f"{url}/v2/repository/models/gamma/load", timeout=300)
+        assert r.status_code == 200, r.text
+        image = image_bytes(scene(5, (240, 180)))
+        answers = [httpx.post(f"{url}/segment", params={"model": "gamma"}, content=image, headers={"content-type": "image/png"}, timeout=120)
+                   for _ in range(12)]  # fmt: skip
+        assert [a.status_code for a in answers] == [200] * 12 and len({a.content for a in answers}) == 1
+        text = scrape_until(url, lambda t: metric(t, "deeplab_images_total", model="gamma") == 12)
+        assert all(metric(text, "deeplab_images_total", model="gamma", worker=str(i)) > 0 for i in range(2))  # both serve it
+        assert httpx.post(f"{url}/v2/repository/models/alpha/unload", timeout=120).status_code == 200
+        gone = [httpx.post(f"{url}/segment", params={"model": "alpha"}, content=image, headers={"content-type": "image/png"}).status_code
+                for _ in range(8)]  # fmt: skip
+        assert gone == [404] * 8  # on every worker
+        r = httpx.post(f"{url}/v2/repository/models/nope/load")
+        assert r.status_code == 404 and "failed on workers [0, 1] of 2" in r.json()["error"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0, proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_each_worker_gets_its_share_and_with_several_gpus_one_of_them():

@@ -231,13 +231,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(self, request, context):
         self.require_control(context)
         parameters = {k: p.string_param for k, p in request.parameters.items() if p.WhichOneof("parameter_choice") == "string_param"}
-        await repository(self.app).load(request.model_name, control.load_config(parameters))
+        await repository(self.app).control("load", request.model_name, control.load_config(parameters))
         return service_pb2.RepositoryModelLoadResponse()
 
     @_rpc
     async def RepositoryModelUnload(self, request, context):
         self.require_control(context)
-        await repository(self.app).unload(request.model_name)
+        await repository(self.app).control("unload", request.model_name)
         return service_pb2.RepositoryModelUnloadResponse()
 
     @_rpc

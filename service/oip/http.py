@@ -190,14 +190,14 @@ async def repository_index(request: Request) -> list[dict]:
 @router.post("/repository/models/{name}/load", summary="Load or replace a model from the repository (parameters.config: JSON model settings)", responses=_CONTROL)
 async def repository_load(request: Request, name: str) -> dict:
     doc = await _control_body(request)
-    await repository(request.app).load(name, control.load_config(doc.get("parameters", {})))
+    await repository(request.app).control("load", name, control.load_config(doc.get("parameters", {})))
     return {}
 
 
 @router.post("/repository/models/{name}/unload", summary="Unload a model once its accepted requests are answered", responses=_CONTROL)
 async def repository_unload(request: Request, name: str) -> dict:
     await _control_body(request)
-    await repository(request.app).unload(name)
+    await repository(request.app).control("unload", name)
     return {}
 
 

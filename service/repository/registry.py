@@ -37,6 +37,8 @@ from service.runtime import Runtime
 from service.settings import Settings
 
 log = logging.getLogger("service")
+CONTROL_POLL_S = 0.1  # workers: how often each looks for the group's control operations
+CONTROL_TIMEOUT_S = 600.0  # workers: a load's warm-up on every worker, beyond the drain window
 
 
 class Repository:
@@ -54,6 +56,7 @@ class Repository:
         self.draining = False
         self.start_error: Exception | None = None  # set by the app when ``start`` failed
         self._control = asyncio.Lock()
+        self._follower: asyncio.Future | None = None  # applies the other workers' control operations
         self._injected = backend
 
     # start-up and shutdown
@@ -90,9 +93,12 @@ class Repository:
         self.metrics.ready.set(1)
         if self.peers is not None:
             self.peers.mark(True)
+            self._follower = asyncio.ensure_future(self._follow_control())
         log.info("ready", extra={"models": self.names(), "memory_budget_bytes": self.memory.budget_bytes})
 
     async def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
         for runtime in self.runtimes():
             await runtime.stop()
         self.pool.shutdown(wait=True)
@@ -176,6 +182,40 @@ class Repository:
             raise ModelNotFound(f"no model {name!r} in {where}")
         extra = specs.model_file(config or {}, name).overrides()
         return [ModelSpec(s.source, name, s.version, extra) for s in named]
+
+    async def control(self, op: str, name: str, config: dict | None = None) -> None:
+        """``load`` or ``unload``; in one of several workers, on every worker, answered once all
+        have applied it (the first failure is raised, naming the workers that failed)."""
+        if self.peers is None:
+            return await (self.load(name, config) if op == "load" else self.unload(name))
+        ops = self.peers.control
+        seq = ops.submit({"op": op, "name": name, "config": config})
+        outcomes = await ops.outcomes(seq, self.settings.drain_timeout_s + CONTROL_TIMEOUT_S)
+        failed = {i: o for i, o in outcomes.items() if o["status"] != 200}
+        missing = sorted(set(range(ops.count)) - set(outcomes))
+        if missing:
+            raise NotReady(f"workers {missing} did not apply the {op} of {name!r} in time")
+        if failed:
+            first = next(iter(failed.values()))
+            error = ServiceError(f"{op} of {name!r} failed on workers {sorted(failed)} of {ops.count}: {first['detail']}")
+            error.status, error.code = first["status"], first["code"]
+            raise error
+
+    async def _follow_control(self) -> None:
+        """Apply the group's control operations in order, this worker's own included."""
+        ops, seen = self.peers.control, 0
+        while True:
+            for seq, op in ops.ops_after(seen):
+                seen = seq
+                try:
+                    await (self.load(op["name"], op["config"]) if op["op"] == "load" else self.unload(op["name"]))
+                    ops.report(seq, {"status": 200})
+                except ServiceError as exc:
+                    ops.report(seq, {"status": exc.status, "code": exc.code, "detail": exc.detail})
+                except Exception as exc:  # answered, so the receiving worker is not left waiting
+                    log.exception("control operation failed", extra={"op": op})
+                    ops.report(seq, {"status": 500, "code": "internal_error", "detail": f"{type(exc).__name__}: {exc}"})
+            await asyncio.sleep(CONTROL_POLL_S)
 
     async def load(self, name: str, config: dict | None = None) -> None:
         """Load (or replace) ``name``: its new versions start beside the served models and are
