@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -60,12 +61,27 @@ def start(*args: str, port: int) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def test_two_workers_serve_one_port_report_together_and_drain_on_sigterm():
-    port, grpc_port = free_port(), free_port()
+@contextlib.contextmanager
+def workers(*args: str):
+    """A real ``python -m service --workers 2 ...`` until the block ends, then SIGTERM: the
+    supervisor must exit 0 once every worker has drained."""
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start("--workers", "2", "--grpc-port", str(grpc_port), "--max-batch-size", "2", port=port)
+    proc = start("--workers", "2", *args, port=port)
     try:
         wait_ready(proc, url, timeout_s=300)
+        yield url
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0, proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_two_workers_serve_one_port_report_together_and_drain_on_sigterm():
+    grpc_port = free_port()
+    with workers("--grpc-port", str(grpc_port), "--max-batch-size", "2") as url:
         image = image_bytes(scene(4, (240, 180)))
         answers = [httpx.post(f"{url}/segment", content=image, headers={"content-type": "image/png"}, timeout=120) for _ in range(16)]
         assert all(r.status_code == 200 for r in answers)
@@ -85,12 +101,6 @@ def test_two_workers_serve_one_port_report_together_and_drain_on_sigterm():
         inp = triton.InferInput("IMAGE", [1], "BYTES")
         inp.set_data_from_numpy(np.array([image], dtype=object))
         assert client.infer("deeplabv3plus_r18-d8_camvid-360x480", [inp]).as_numpy("LABELS").shape == (1, 180, 240)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(120) == 0, proc.stdout.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_model_control_reaches_every_worker(tmp_path):
@@ -99,11 +109,7 @@ def test_model_control_reaches_every_worker(tmp_path):
     for name, seed in (("alpha", 1), ("gamma", 2)):
         save_checkpoint(small_net(seed), root / name / "model.pth")
     (root / "gamma").rename(tmp_path / "gamma")  # dropped into the repository later
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start("--workers", "2", "--enable-model-control", "--model-repository", str(root), "--grpc-port", "0", port=port)
-    try:
-        wait_ready(proc, url, timeout_s=300)
+    with workers("--enable-model-control", "--model-repository", str(root), "--grpc-port", "0") as url:
         (tmp_path / "gamma").rename(root / "gamma")
         r = httpx.post(f"{url}/v2/repository/models/gamma/load", timeout=300)
         assert r.status_code == 200, r.text
@@ -119,12 +125,6 @@ def test_model_control_reaches_every_worker(tmp_path):
         assert gone == [404] * 8  # on every worker
         r = httpx.post(f"{url}/v2/repository/models/nope/load")
         assert r.status_code == 404 and "failed on workers [0, 1] of 2" in r.json()["error"]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(120) == 0, proc.stdout.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_each_worker_gets_its_share_and_with_several_gpus_one_of_them():
