@@ -26,7 +26,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
-from helpers import CAMVID, REPO, image_bytes, raw_labels, running_server, scene, small_net
+from helpers import CAMVID, REPO, image_bytes, metric, raw_labels, running_server, scene, small_net
 from service.backends.pytorch import TorchBackend
 from service.web.routes import PAGE_CSP
 from service.gpu_metrics import SERIES as GPU_SERIES
@@ -247,7 +247,10 @@ def test_live_panel_fills_in_from_v1_stats(server, page, tmp_path):
     (model,) = after["models"]
     assert model["name"] == httpx.get(server + "/v1/models").json()["default"]
     assert model["images_total"] - next((m["images_total"] for m in before["models"]), 0) == 2
-    assert 1 <= model["batch_size_mean"] <= 2 and model["queue_depth"] == 0
+    text = httpx.get(server + "/metrics").text  # the panel's mean batch is the exported histogram's
+    labels = {"model": model["name"], "version": model["version"]}
+    assert model["batch_size_mean"] == metric(text, "deeplab_batch_size_sum", **labels) / metric(text, "deeplab_batch_size_count", **labels)
+    assert model["queue_depth"] == 0
     assert 0 < after["latency_p50_s"] <= after["latency_p99_s"]
     expect(page.locator("#live-rps")).to_have_text(re.compile(r"^\d+\.\d$"))
     expect(page.locator("#live-latency")).to_have_text(re.compile(r"^\d+\.\d ms / \d+\.\d ms$"))
