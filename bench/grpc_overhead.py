@@ -40,7 +40,7 @@ import httpx
 import numpy as np
 
 from bench import perf_analyzer
-from bench.load import load_images
+from bench.load import free_port, load_images
 from bench.model_bench import hardware
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def serve_tiny(port: int, grpc_port: int) -> None:
 
 def start_tiny() -> tuple[subprocess.Popen, str, str]:
     """The child server, its HTTP URL and its gRPC host:port, once /readyz answers 200."""
-    port, grpc_port = perf_analyzer._free_port(), perf_analyzer._free_port()
+    port, grpc_port = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.grpc_overhead", "--child", str(port), str(grpc_port)], cwd=ROOT)
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:

@@ -214,11 +214,22 @@ def model_only_fraction(row: dict, model_bench: dict) -> dict | None:
     return {"batch_size": ref["batch_size"], "model_only_images_per_s": ref["images_per_s"], "fraction": round(row["throughput_rps"] / ref["images_per_s"], 3)}
 
 
-def start_server(extra: str) -> tuple[subprocess.Popen, str, float]:
-    """The server process, its URL, and seconds from start to ready (load + warm-up)."""
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def stop_server(proc: subprocess.Popen | None) -> None:
+    """SIGTERM, then wait for the drain (a server started by ``start_server``; None: nothing)."""
+    if proc is not None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+
+
+def start_server(extra: str) -> tuple[subprocess.Popen, str, float]:
+    """The server process, its URL, and seconds from start to ready (load + warm-up)."""
+    port = free_port()
     log = open(Path(tempfile.gettempdir()) / f"deeplab_load_server_{port}.log", "w")  # noqa: SIM115 (lives as long as the server)
     cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *shlex.split(extra)]
     started = time.monotonic()
@@ -269,9 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=120)
+        stop_server(proc)
 
     hw = hardware(served["device"]) if served["device"].startswith("cuda") or url.startswith("http://127.0.0.1") else "remote"
     command = "python -m bench.load " + shlex.join(sys.argv[1:])

@@ -21,8 +21,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -32,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.load import load_images, start_server
+from bench.load import free_port, load_images, start_server, stop_server
 from bench.model_bench import camvid_val
 
 
@@ -125,12 +123,6 @@ def _hardware(url: str) -> str:
     return hardware(served) if url.split("://", 1)[-1].startswith("127.0.0.1") else "remote"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:8000", help="the service's HTTP base URL")
@@ -154,7 +146,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     data = write_input_data(Path(tempfile.mkdtemp()) / "images.json", images)
     proc, url, grpc_address = None, args.url, args.grpc
     if args.serve:
-        grpc_port = _free_port()
+        grpc_port = free_port()
         proc, url, _ = start_server(f"{args.serve} --grpc-port {grpc_port}")
         grpc_address = f"127.0.0.1:{grpc_port}"
     rows = []
@@ -171,9 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=120)
+        stop_server(proc)
     print("| protocol | load | infer/s | p50 ms | p99 ms | exit |")
     print("|---|--:|--:|--:|--:|--:|")
     for r in rows:

@@ -18,7 +18,6 @@ import datetime
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,15 +26,10 @@ from pathlib import Path
 
 import httpx
 
+from bench.load import free_port
 from bench.model_bench import hardware, slug
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def time_to_ready(args: list[str], cache: Path, cwd: Path | None = None, timeout_s: float = 300) -> dict:

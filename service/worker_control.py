@@ -34,12 +34,11 @@ class ControlLog:
                 os.link(tmp, self.dir / name)  # fails if taken: one writer wins the number
             else:
                 tmp.replace(self.dir / name)
-                return True
+            return True
         except FileExistsError:
             return False
         finally:
             tmp.unlink(missing_ok=True)
-        return True
 
     def submit(self, op: dict) -> int:
         """Append ``op``; its sequence number."""
