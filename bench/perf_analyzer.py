@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import datetime
 import json
 import os
 import re
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"| {r['protocol']} | {load} | {r['throughput']} | {r['p50_ms']} | {r['p99_ms']} | {r['returncode']} |")
     if args.out:
         command = "python -m bench.perf_analyzer " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-        doc = {"benchmark": "perf_analyzer", "hardware": hw, "command": command, "model": model, "rows": rows}
+        doc = {"benchmark": "perf_analyzer", "hardware": hw, "date": datetime.date.today().isoformat(), "command": command, "model": model, "rows": rows}
         args.out.write_text(json.dumps(doc, indent=1))
     return rows
 

@@ -38,7 +38,7 @@ def time_to_ready(args: list[str], cache: Path, cwd: Path | None = None, timeout
     command = [sys.executable, "-m", "service", *args, "--port", str(port)]
     # what --cache-dir sets; gRPC off. As variables: older trees lack the flags and ignore these
     env = {**os.environ, "TRITON_CACHE_DIR": str(cache), "DEEPLAB_GRPC_PORT": "0"}
-    started = time.perf_counter()
+    started, started_wall = time.perf_counter(), time.time()
     proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         while time.perf_counter() - started < timeout_s:
@@ -54,8 +54,12 @@ def time_to_ready(args: list[str], cache: Path, cwd: Path | None = None, timeout
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=60)
-    loaded = [json.loads(line) for line in err.splitlines() if line.startswith("{") and '"loaded"' in line]
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    loaded = [line for line in lines if line.get("msg") == "loaded"]
     stages = {k: loaded[0].get(k) for k in ("load_s", "warm_up_s")} if loaded else {}
+    if lines and "ts" in lines[0]:  # imports, CUDA and the app before the first log line
+        first = datetime.datetime.fromisoformat(lines[0]["ts"]).timestamp()
+        stages["first_log_s"] = round(first - started_wall, 2)
     return {"ready_s": round(ready_s, 2), **stages}
 
 

@@ -68,6 +68,11 @@ def test_resume_continues_bit_identically(tree, tmp_path):
     common = [DEFAULT_MODEL, "--data", str(tree), "--val-data", "none", "--iters", "6", "--ckpt-interval", "3", *TINY]
     train_main([*common, "--work-dir", str(tmp_path / "a")])
     assert sorted(p.name for p in (tmp_path / "a").glob("iter_*.pth")) == ["iter_3.pth", "iter_6.pth"]
+    # Without validation the schedule's last weights are still exported: the final model of a train+val run.
+    final = load_model(tmp_path / "a" / "final_model.pth")
+    assert final.meta["iterations"] == 6 and final.meta["val"] is None and not (tmp_path / "a" / "best_model.pth").exists()
+    last = load_state(tmp_path / "a" / "iter_6.pth")["model"]["decode_head.conv_seg.weight"]
+    assert torch.equal(final.state_dict()["decode_head.conv_seg.weight"], last.half().float())
     train_main([*common, "--work-dir", str(tmp_path / "b"), "--resume", str(tmp_path / "a" / "iter_3.pth")])
     full, resumed = load_state(tmp_path / "a" / "iter_6.pth"), load_state(tmp_path / "b" / "iter_6.pth")
     assert resumed["iteration"] == 6
@@ -128,3 +133,19 @@ def test_cross_validation_trains_each_fold_on_the_rest_and_scores_its_last_itera
     scores = [summary["folds"][f]["mIoU"] for f in ("0", "1")]
     assert summary["mIoU"]["mean"] == round(sum(scores) / 2, 2)
     assert set(summary["per_class_IoU"]) == set(get_config(DEFAULT_MODEL).dataset.classes)
+
+
+def test_recipes_table_scores_each_run_at_its_last_validation(tree, tmp_path, capsys):
+    from bench.recipes import main as recipes_main
+
+    for name, extra in (("plain", []), ("weighted", ["--class-weight", "median-freq"])):
+        train_main([DEFAULT_MODEL, "--data", str(tree), "--work-dir", str(tmp_path / name), "--iters", "4",
+                    "--val-interval", "2", *TINY, *extra])  # fmt: skip
+    rows = recipes_main([str(tmp_path / "plain"), str(tmp_path / "weighted"), "--baseline", "50", "--out", str(tmp_path / "r.json")])
+    for row, name in zip(rows, ("plain", "weighted")):
+        last = [r for r in train_log(tmp_path / name) if r["kind"] == "val"][-1]
+        assert row["iter"] == 4 and row["mIoU"] == last["mIoU"]  # the last validation, not the best of 2 and 4
+        assert "--work-dir" not in row["recipe"] and "--data" not in row["recipe"]
+    assert rows[1]["recipe"].endswith("--class-weight median-freq") and not rows[0]["recipe"].endswith("median-freq")
+    assert json.loads((tmp_path / "r.json").read_text())["rows"] == rows
+    assert f"{rows[0]['mIoU'] - 50:+.2f}" in capsys.readouterr().out

@@ -8,8 +8,9 @@ momentum 0.9, weight decay 5e-4, poly decay (power 0.9) to 1e-4 by iteration; cr
 (ignore 255) on the decode head + 0.4 x on the auxiliary head; fp32 unless the config is an AMP
 one. Options beyond mmseg's defaults (bf16, OHEM, class weights, EMA, channels_last,
 torch.compile) are opt-in. Every `--ckpt-interval` iterations (and on `--max-minutes`) the run
-state goes to WORK_DIR/iter_K.pth; `--resume` continues the newest bit-identically. With validation
-data, the best model by val mIoU is exported in the serving format to WORK_DIR/best_model.pth.
+state goes to WORK_DIR/iter_K.pth; `--resume` continues the newest bit-identically. The schedule's
+last weights are exported in the serving format to WORK_DIR/final_model.pth (the model of a fixed
+recipe, e.g. trained on train+val); with validation data, also the best by val mIoU to best_model.pth.
 """
 
 from __future__ import annotations
@@ -188,8 +189,11 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
                     scaler=scaler.state_dict(), ema=ema.state_dict() if ema else None, best=best, elapsed_s=wall,
                     argv=argv)  # fmt: skip
 
+    eval_net = ema.module if ema is not None else net
+    scores: dict | None = None  # the latest validation's
+
     def validate(done: int, wall: float) -> None:
-        eval_net = ema.module if ema is not None else net
+        nonlocal scores
         metrics = evaluate(Segmenter(eval_net, device), val_set)
         net.train()
         scores = metrics.as_dict(cfg.dataset.classes)
@@ -197,8 +201,7 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
         tqdm.write(f"iter {done}: val mIoU {scores['mIoU']} aAcc {scores['aAcc']} mAcc {scores['mAcc']}")
         if best["mIoU"] is None or scores["mIoU"] > best["mIoU"]:
             best.update(mIoU=scores["mIoU"], iter=done)
-            meta = _provenance(cfg, args, argv, info, done, wall, scores)
-            export_model(eval_net, work_dir / "best_model.pth", meta)
+            export_model(eval_net, work_dir / "best_model.pth", _provenance(cfg, args, argv, info, done, wall, scores))
 
     net.train()
     t_start, t_window, window_imgs = time.perf_counter(), time.perf_counter(), 0
@@ -235,6 +238,8 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
         )
         if val_set is not None and info.main and (done % args.val_interval == 0 or done == args.iters):
             validate(done, wall)
+        if done == args.iters and info.main:  # the fixed schedule's model, chosen by no validation
+            export_model(eval_net, work_dir / "final_model.pth", _provenance(cfg, args, argv, info, done, wall, scores))
         if done % args.ckpt_interval == 0 or done == args.iters or out_of_time:
             if info.main:
                 save_run_state(work_dir, done, args.keep_ckpts, **run_state(wall))
