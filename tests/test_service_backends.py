@@ -39,11 +39,12 @@ from service.backends import BACKENDS, Backend, create_backend, resolve_backend_
 from service.backends.onnxruntime import OnnxRuntimeBackend
 from service.backends.pytorch import TorchBackend
 from service.backends.tensorrt import TensorRTBackend
-from service.errors import NotReady, QueueFull
+from service.errors import InsufficientMemory, NotReady, QueueFull
 from service.metrics import ServiceMetrics
 from model.accel.cuda_graphs import MAX_PADDING
 from model.pipeline.buckets import batch_ladder
 from service.admission import MemoryBudget
+from service.repository import capacity
 from service.repository.specs import ModelSpec
 from service.runtime import Runtime
 from service.settings import Settings, choices_of
@@ -328,6 +329,22 @@ def test_fp8_backend_quantizes_the_bottleneck_and_keeps_the_fp16_labels():
     assert quantized.describe()["cuda_graphs"] == 1
     # random weights leave many pixels near a tie between classes (0.99875 with the trained model)
     assert (quantized.infer(images) == fp16.infer(images)).mean() > 0.95
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU box)")
+def test_load_memory_check_on_a_gpu_reads_its_free_memory():
+    """On CUDA the room for a new model is the device's free memory plus torch's unused cache: a
+    model whose full batch cannot fit is refused (507) before warm-up, the same model at a batch
+    that fits passes."""
+    backend = TorchBackend(net=small_net(seed=1), device="cuda")
+    backend.load()
+    policy, budget = InputPolicy.for_config(backend.config), MemoryBudget(1 << 30)
+    free = capacity.free_bytes("cuda:0", budget)
+    assert 0 < free <= torch.cuda.get_device_properties(0).total_memory
+    capacity.require_room(backend, policy, 1, budget, "model 'small'")
+    per_image = capacity.needed_bytes(backend, policy, 2) - capacity.needed_bytes(backend, policy, 1)
+    with pytest.raises(InsufficientMemory, match=r"model 'small' needs about \d+ MB on cuda.* MB is free"):
+        capacity.require_room(backend, policy, free // per_image + 1, budget, "model 'small'")
 
 
 class StagingRecorder(TorchBackend):
