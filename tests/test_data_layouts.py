@@ -166,6 +166,21 @@ def test_splits_join_and_cross_validation_folds_partition_the_train_split(camvid
     rest = open_dataset(camvid_dir, "train%5!=2").pairs
     assert set(rest) == set(train) - set(folds[2]) and len(rest) + len(folds[2]) == len(train)
     assert open_dataset(camvid_dir, "train%5!=2+val").pairs == rest + val
-    for bad in ("train%5=5", "train%", "train-val", "test"):
+    for bad in ("train%5=5", "train%", "train-val", "test", "train:", "train:Seq05VD", "train:!0"):
         with pytest.raises(KeyError):
             open_dataset(camvid_dir, bad)
+
+
+def test_sequence_folds_hold_out_whole_camvid_sequences(camvid_dir):
+    """``train:P`` / ``train:!P`` split by file-name prefix: CamVid's frames are named after their
+    video sequence, so a fold can hold out a whole sequence, as the test split's unseen one is."""
+    train = open_dataset(camvid_dir, "train").pairs
+    sequences = sorted({img.name.split("_")[0] for img, _ in train})
+    assert len(sequences) >= 2
+    held = {s: open_dataset(camvid_dir, f"train:{s}").pairs for s in sequences}
+    assert sum(len(p) for p in held.values()) == len(train)
+    for s, pairs in held.items():
+        assert all(img.name.startswith(s + "_") for img, _ in pairs)
+        rest = open_dataset(camvid_dir, f"train:!{s}").pairs
+        assert set(rest) == set(train) - set(pairs) and not any(img.name.startswith(s) for img, _ in rest)
+    assert open_dataset(camvid_dir, f"train:!{sequences[0]}+val").pairs[-1] == open_dataset(camvid_dir, "val").pairs[-1]

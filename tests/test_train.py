@@ -135,6 +135,17 @@ def test_cross_validation_trains_each_fold_on_the_rest_and_scores_its_last_itera
     assert set(summary["per_class_IoU"]) == set(get_config(DEFAULT_MODEL).dataset.classes)
 
 
+def test_cross_validation_by_name_prefix_holds_out_each_group(tree, tmp_path):
+    """``--groups``: leave one file-name prefix out (CamVid's sequences); the tree's train images are 0..3.png."""
+    common = [DEFAULT_MODEL, "--data", str(tree), "--groups", "0", "1", "--work-dir", str(tmp_path)]
+    summary = crossval_main([*common, "--only", "1", "--iters", "2", "--val-interval", "2", *TINY])
+    assert list(summary["folds"]) == ["1"] and summary["folds_total"] == 2
+    start = next(r for r in train_log(tmp_path / "fold1") if r["kind"] == "start")
+    assert start["images"] == 3 and "train:!1" in start["argv"] and "train:1" in start["argv"]
+    with pytest.raises(SystemExit):
+        crossval_main([*common, "--only", "2"])
+
+
 def test_recipes_table_scores_each_run_at_its_last_validation(tree, tmp_path, capsys):
     from bench.recipes import main as recipes_main
 

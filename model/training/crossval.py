@@ -4,10 +4,13 @@ cross-validation of one training recipe on the train split.
 Fold i trains on ``train%K!=i`` and is scored on ``train%K=i`` (contiguous blocks, so neighbouring
 video frames do not straddle the two sides) at the schedule's **last** iteration: picking each
 fold's best checkpoint on its own held-out images would make the estimate optimistic, and the
-final model is trained on a fixed schedule too. Every other option goes to
+final model is trained on a fixed schedule too. ``--groups 0001TP 0006R0 0016E5`` folds by file-name
+prefix instead (leave one group out: ``train:!P`` / ``train:P``): CamVid's frames are named after
+their video sequence, and a held-out sequence is what its test split is (a sequence train never
+shows), which neighbouring blocks of one sequence are not. Every other option goes to
 `model.training.train` unchanged (``--iters``, ``--ohem-min-kept``, ``--class-weight``, ...), so
-two recipes compare on the same folds. ``--only 0 1`` runs some folds (e.g. one per GPU, in
-separate calls); the summary reads every fold finished under ``--work-dir``.
+two recipes compare on the same folds. ``--only 0 1`` (or ``--only 0006R0``) runs some folds (e.g.
+one per GPU, in separate calls); the summary reads every fold finished under ``--work-dir``.
 
 Prints a table and writes WORK_DIR/crossval.json: per fold mIoU, aAcc and per-class IoU, and
 their mean and standard deviation.
@@ -37,7 +40,7 @@ def final_scores(work_dir: Path) -> dict | None:
     return last[-1] if last else None
 
 
-def summarise(folds: dict[int, dict]) -> dict:
+def summarise(folds: dict[str, dict]) -> dict:
     """Mean and standard deviation over folds, overall and per class."""
 
     def spread(values: list[float]) -> dict:
@@ -47,7 +50,7 @@ def summarise(folds: dict[int, dict]) -> dict:
 
     classes = list(next(iter(folds.values()))["per_class"]) if folds else []
     return {
-        "folds": {str(i): {k: s[k] for k in ("iter", "mIoU", "aAcc", "per_class")} for i, s in sorted(folds.items())},
+        "folds": {i: {k: s[k] for k in ("iter", "mIoU", "aAcc", "per_class")} for i, s in folds.items()},
         "mIoU": spread([s["mIoU"] for s in folds.values()]) if folds else None,
         "per_class_IoU": {
             c: spread([s["per_class"][c]["IoU"] for s in folds.values() if s["per_class"][c]["IoU"] is not None]) for c in classes
@@ -59,27 +62,34 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m model.training.crossval", description=__doc__.splitlines()[0])
     ap.add_argument("config")
     ap.add_argument("--data", required=True)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--only", type=int, nargs="*", default=None, help="folds to run now (default: all)")
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--folds", type=int, default=5, help="K contiguous blocks of train (default: 5)")
+    how.add_argument("--groups", nargs="+", metavar="PREFIX", help="leave one file-name prefix out (e.g. CamVid's sequences)")
+    ap.add_argument("--only", nargs="*", default=None, help="folds to run now: indices, or prefixes with --groups (default: all)")
     ap.add_argument("--work-dir", type=Path, required=True)
     args, train_args = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if args.folds < 2:
+    if args.groups:
+        folds = {g: (f"train:!{g}", f"train:{g}") for g in args.groups}
+    elif args.folds >= 2:
+        folds = {str(i): (f"train%{args.folds}!={i}", f"train%{args.folds}={i}") for i in range(args.folds)}
+    else:
         ap.error("--folds must be at least 2")
-    for i in args.only if args.only is not None else range(args.folds):
-        if not 0 <= i < args.folds:
-            ap.error(f"--only {i}: folds are 0..{args.folds - 1}")
+    for fold in args.only if args.only is not None else folds:
+        if fold not in folds:
+            ap.error(f"--only {fold}: the folds are {', '.join(folds)}")
+        rest, held_out = folds[fold]
         train_main([
-            args.config, "--data", args.data, "--work-dir", str(args.work_dir / f"fold{i}"),
-            "--train-split", f"train%{args.folds}!={i}", "--val-split", f"train%{args.folds}={i}", *train_args,
+            args.config, "--data", args.data, "--work-dir", str(args.work_dir / f"fold{fold}"),
+            "--train-split", rest, "--val-split", held_out, *train_args,
         ])  # fmt: skip
-    finished = {i: s for i in range(args.folds) if (s := final_scores(args.work_dir / f"fold{i}")) is not None}
-    summary = {"config": args.config, "folds_total": args.folds, "train_args": train_args, **summarise(finished)}
+    finished = {f: s for f in folds if (s := final_scores(args.work_dir / f"fold{f}")) is not None}
+    summary = {"config": args.config, "folds_total": len(folds), "train_args": train_args, **summarise(finished)}
     (args.work_dir / "crossval.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"| fold | iter | mIoU | aAcc |\n|--:|--:|--:|--:|")
-    for i, s in sorted(finished.items()):
-        print(f"| {i} | {s['iter']} | {s['mIoU']} | {s['aAcc']} |")
+    print("| fold | iter | mIoU | aAcc |\n|--:|--:|--:|--:|")
+    for f, s in finished.items():
+        print(f"| {f} | {s['iter']} | {s['mIoU']} | {s['aAcc']} |")
     if summary["mIoU"] is not None:
-        print(f"mIoU over {len(finished)} of {args.folds} folds: {summary['mIoU']['mean']} (std {summary['mIoU']['std']})")
+        print(f"mIoU over {len(finished)} of {len(folds)} folds: {summary['mIoU']['mean']} (std {summary['mIoU']['std']})")
     return summary
 
 

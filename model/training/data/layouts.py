@@ -162,36 +162,57 @@ def detect_layout(root: str | Path) -> str:
     raise DatasetLayoutError(f"no known dataset layout under {root}")
 
 
-_SPLIT_PART = re.compile(r"^(\w+)(?:%(\d+)(!=|=)(\d+))?$")
+_SPLIT_PART = re.compile(r"^(\w+)(?:%(\d+)(!=|=)(\d+)|:(!?)([\w.-]+))?$")
 
 
-def _split_part(part: str) -> tuple[str, int | None, int | None, bool]:
-    """``train`` -> (train, None, None, _); ``train%5=2`` -> fold 2 of 5 (held out); ``train%5!=2`` -> the rest."""
+@dataclass(frozen=True)
+class SplitPart:
+    """One ``+``-joined part of a split: a named split, or a subset of it (a fold, a name prefix)."""
+
+    name: str
+    folds: int | None = None  # NAME%K=I: fold I of K contiguous blocks (NAME%K!=I: the rest)
+    fold: int | None = None
+    prefix: str | None = None  # NAME:P: the files whose names start with P (NAME:!P: the others)
+    held_out: bool = True  # the fold / prefix itself, not the rest
+
+    def select(self, pairs: list) -> list:
+        if self.folds is not None:
+            bounds = [round(len(pairs) * k / self.folds) for k in range(self.folds + 1)]
+            inside = pairs[bounds[self.fold] : bounds[self.fold + 1]]
+            return inside if self.held_out else pairs[: bounds[self.fold]] + pairs[bounds[self.fold + 1] :]
+        if self.prefix is not None:
+            inside = [pair[0].name.startswith(self.prefix) for pair in pairs]
+            if sum(inside) in (0, len(pairs)):
+                raise KeyError(f"split {self.name!r}: prefix {self.prefix!r} matches {sum(inside)} of its {len(pairs)} files; "
+                               "a fold needs files on both sides")  # fmt: skip
+            return [pair for pair, hit in zip(pairs, inside) if hit == self.held_out]
+        return pairs
+
+
+def _split_part(part: str) -> SplitPart:
+    """``train``; ``train%5=2`` fold 2 of 5 (held out), ``train%5!=2`` the rest; ``train:0006R0``
+    the files whose names start with 0006R0 (a CamVid sequence), ``train:!0006R0`` the others."""
     found = _SPLIT_PART.match(part.strip())
     if found is None:
-        raise KeyError(f"bad split {part!r}: NAME, NAME%K=I (fold I of K) or NAME%K!=I (all but it), joined by +")
-    name, folds, op, fold = found.groups()
+        raise KeyError(f"bad split {part!r}: NAME, NAME%K=I (fold I of K), NAME%K!=I (all but it), "
+                       "NAME:PREFIX (names starting with it) or NAME:!PREFIX (the others), joined by +")  # fmt: skip
+    name, folds, op, fold, negate, prefix = found.groups()
+    if prefix is not None:
+        return SplitPart(name, prefix=prefix, held_out=not negate)
     if folds is None:
-        return name, None, None, True
+        return SplitPart(name)
     if not 0 <= int(fold) < int(folds):
         raise KeyError(f"bad split {part!r}: fold {fold} of {folds} does not exist (0..{int(folds) - 1})")
-    return name, int(folds), int(fold), op == "="
-
-
-def _fold(pairs: list, folds: int, fold: int, held_out: bool) -> list:
-    """Fold ``fold`` of ``folds`` contiguous blocks of the listed order (or everything else):
-    blocks, not every k-th file, so neighbouring video frames stay on one side."""
-    bounds = [round(len(pairs) * k / folds) for k in range(folds + 1)]
-    inside = pairs[bounds[fold] : bounds[fold + 1]]
-    return inside if held_out else pairs[: bounds[fold]] + pairs[bounds[fold + 1] :]
+    return SplitPart(name, int(folds), int(fold), held_out=op == "=")
 
 
 def open_dataset(
     root: str | Path, split: str, layout: str | None = None, reduce_zero_label: bool | None = None
 ) -> SegDataset:
     """The split's pairs; every label file must exist, so a broken tree fails before training starts.
-    ``split`` may join splits (``train+val``) and pick cross-validation folds of one
-    (``train%5=0`` holds out the first of five contiguous blocks, ``train%5!=0`` is the rest).
+    ``split`` may join splits (``train+val``) and pick cross-validation folds of one: by position
+    (``train%5=0`` the first of five contiguous blocks, ``train%5!=0`` the rest) or by name prefix
+    (``train:0006R0`` one CamVid sequence, ``train:!0006R0`` the other sequences).
 
     `reduce_zero_label` overrides the layout's own flag (a generic tree holding ADE-style labels).
     """
@@ -202,12 +223,10 @@ def open_dataset(
     spec = LAYOUTS[layout]
     base = _resolve_root(root, layout)
     pairs = []
-    for part in split.split("+"):
-        name, folds, fold, held_out = _split_part(part)
-        if name not in spec.splits:
-            raise KeyError(f"layout {layout!r} has no split {name!r}")
-        listed = [pair for src in spec.splits[name] for pair in _list_source(base, src)]
-        pairs += listed if folds is None else _fold(listed, folds, fold, held_out)
+    for part in map(_split_part, split.split("+")):
+        if part.name not in spec.splits:
+            raise KeyError(f"layout {layout!r} has no split {part.name!r}")
+        pairs += part.select([pair for src in spec.splits[part.name] for pair in _list_source(base, src)])
     if not pairs:
         raise DatasetLayoutError(f"no images for split {split!r} of layout {layout!r} under {base}")
     missing = [str(seg) for _, seg in pairs if not seg.is_file()]
