@@ -70,6 +70,17 @@ def _with_meta_classes(cfg: ModelConfig, meta: dict) -> ModelConfig:
     return dataclasses.replace(cfg, dataset=ds)
 
 
+def _with_meta_test_scale(cfg: ModelConfig, meta: dict) -> ModelConfig:
+    """The inference size a checkpoint records (``meta["test_scale"]``, [w, h]) replaces the
+    config's: the size its weights were found to segment best at (the built-in model's card)."""
+    scale = meta.get("test_scale")
+    if not scale:
+        return cfg
+    if len(scale) != 2 or not all(isinstance(v, int) and v > 0 for v in scale):
+        raise CheckpointError(f"meta test_scale must be [width, height] in pixels, got {scale!r}")
+    return dataclasses.replace(cfg, test_scale=(scale[0], scale[1]))
+
+
 def _split(obj: object, path: Path) -> tuple[dict, dict, str | None]:
     """(state_dict, meta, config name) of any supported layout."""
     if not isinstance(obj, dict):
@@ -127,7 +138,7 @@ def load_model(
     if isinstance(config, str):
         config = get_config(config)
     cfg = config or (get_config(name) if name else config_for_checkpoint(path))
-    cfg = _with_meta_classes(cfg, meta)
+    cfg = _with_meta_test_scale(_with_meta_classes(cfg, meta), meta)
     has_aux = any(k.startswith("auxiliary_head.") for k in state)
     net = build_model(cfg, with_auxiliary=has_aux)
     load_state(net, state, path.name)

@@ -60,7 +60,7 @@ class Runtime:
         self.lifecycle = Lifecycle()
         self.backend = backend or create_backend(
             spec.source, settings.backend, settings.device, settings.precision, cuda_graphs=settings.cuda_graphs,
-            tta=settings.tta,
+            tta=settings.tta, test_scale=settings.test_scale,
         )
         self.pool = pool
         self.memory = memory

@@ -85,6 +85,11 @@ class Settings(BaseSettings):
         False, description="multi-scale (0.5-1.75) + flip test-time augmentation, mmseg's aug test on the "
         "test-scale image: 12 passes per image (cost: bench/RESULTS.md); torch backend, whole-image configs",
     )
+    test_scale: str | None = Field(
+        None, pattern=r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$", description="WxH box each image is resized into "
+        "(keeping its aspect ratio) for inference, instead of the model's own (a checkpoint may record one: the "
+        "built-in model's is 840x630, 1.75x its 480x360 photos, model/weights/README.md); torch backend",
+    )
     max_batch_size: int = Field(8, ge=1, le=256, description="images per batch")
     instances: int | None = Field(
         None, ge=1, le=8, description="batches of one model computed at once, each from its own inference "

@@ -40,6 +40,16 @@ def test_own_format_round_trip_keeps_weights_and_meta(tmp_path):
     assert same_logits(net, loaded)
 
 
+def test_a_recorded_test_scale_replaces_the_configs(tmp_path):
+    net = random_net(aux=False)
+    assert load_model(save_checkpoint(net, tmp_path / "plain.pth")).config.test_scale == net.config.test_scale
+    assert load_model(save_checkpoint(net, tmp_path / "big.pth", meta={"test_scale": [840, 630]})).config.test_scale == (840, 630)
+    for bad in ([840], [840, -1], ["840", 630]):
+        with pytest.raises(CheckpointError, match="test_scale"):
+            load_model(save_checkpoint(net, tmp_path / "bad.pth", meta={"test_scale": bad}))
+    assert load_model().config.test_scale == (840, 630)  # the built-in model's card says why
+
+
 def test_half_precision_save_loads_into_float_model(tmp_path):
     net = random_net(aux=False)
     loaded = load_model(save_checkpoint(net, tmp_path / "half.pth", half=True))

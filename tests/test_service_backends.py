@@ -4,6 +4,7 @@ backend's contract (uint8 RGB batch in, uint8 labels out)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import copy
 import hashlib
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -28,7 +30,7 @@ from helpers import (
 )
 
 from export.engines.metadata import ExportMetadata, write_sidecar
-from model import build_model, get_config
+from model import DEFAULT_MODEL, build_model, get_config
 from model.accel import fp8
 from model.accel.fast import Fp8Conv3x3
 from model.pipeline import Segmenter
@@ -399,3 +401,27 @@ def test_tta_is_refused_where_it_is_not_offered(tmp_path):
     slide = TorchBackend(net=build_model(get_config("deeplabv3plus_r18-d8_4xb2-80k_cityscapes-769x769")).eval(), tta=True)
     with pytest.raises(ValueError, match="sliding windows"):
         slide.load()
+
+
+def test_test_scale_setting_replaces_the_inference_box_and_is_torch_only(tmp_path):
+    """``test_scale`` "WxH": the backend's config, and so the runtime's buckets, use that box."""
+    backend = TorchBackend(net=small_net(seed=13), test_scale="128x96")
+    backend.load()
+    assert backend.config.test_scale == (128, 96) and InputPolicy.for_config(backend.config).full_buckets() == [(128, 96), (96, 128)]
+    with pytest.raises(ValueError, match="does not offer test_scale"):
+        create_backend(str(tmp_path / "model.onnx"), test_scale="128x96")
+    with pytest.raises(ValueError, match="test_scale"):
+        Settings(test_scale="128 by 96")
+
+
+def test_built_in_model_serves_at_its_recorded_scale_unless_told_otherwise():
+    """The built-in checkpoint records 840x630 (1.75x its 480x360 photos); ``--test-scale 480x360``
+    serves the same weights at the photos' own size. Either way the labels come back at the
+    photo's size."""
+    photo = image_bytes(scene(3, size=(480, 360)))
+    for overrides, box in (({}, [840, 630]), ({"test_scale": "480x360"}, [480, 360])):
+        with running_server(None, **overrides) as url:
+            described = httpx.get(f"{url}/v1/models/{DEFAULT_MODEL}", timeout=30).json()
+            assert described["input_policy"]["test_scale"] == box
+            answer = post(url, photo, "json")
+            assert answer.status_code == 200 and (answer.json()["width"], answer.json()["height"]) == (480, 360)

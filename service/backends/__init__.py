@@ -50,8 +50,9 @@ def create_backend(
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     cls = BACKENDS[name]
-    if options.get("tta") and "tta" not in cls.options:
-        raise ValueError(f"the {name} backend does not offer tta (test-time augmentation): serve a checkpoint with torch")
+    for option, what in (("tta", "tta (test-time augmentation)"), ("test_scale", "test_scale (its model's input size is fixed at export)")):
+        if options.get(option) and option not in cls.options:
+            raise ValueError(f"the {name} backend does not offer {what}: serve a checkpoint with torch")
     accepted = {key: value for key, value in options.items() if key in cls.options}
     devices = expand_devices(device, visible_gpus() if device == "cuda" else 0)
     replicas = [cls(model, device=d, precision=precision, **accepted) for d in devices]

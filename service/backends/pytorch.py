@@ -18,6 +18,8 @@ on the Triton kernels' float arguments, for little gain: bench/RESULTS.md.)
 
 from __future__ import annotations
 
+import dataclasses
+
 import gc
 from collections.abc import Iterable, Sequence
 
@@ -46,18 +48,20 @@ _ALWAYS = (Precision.FP32, Precision.FP16, Precision.BF16)
 class TorchBackend(Backend):
     name = "torch"
     extensions = (".pth", ".pt", ".safetensors")
-    options = ("cuda_graphs", "tta")
+    options = ("cuda_graphs", "tta", "test_scale")
 
     def __init__(
         self, model=None, device="cpu", precision=AUTO, net: torch.nn.Module | None = None,
-        cuda_graphs: bool = True, tta: bool = False,
+        cuda_graphs: bool = True, tta: bool = False, test_scale: str | None = None,
     ):  # fmt: skip
         """``net``: an already built network to serve instead of loading ``model``; ``tta``:
-        multi-scale + flip test-time augmentation (``model.pipeline.inference.TTA_RATIOS``)."""
+        multi-scale + flip test-time augmentation (``model.pipeline.inference.TTA_RATIOS``);
+        ``test_scale``: "WxH", the box images are resized into instead of the model's own."""
         super().__init__(model, device, precision)
         self.net = net
         self.cuda_graphs = cuda_graphs
         self.tta = tta
+        self.test_scale = test_scale
         self._graphs: ShapeGraphs | None = None
         self._batch_sizes: set[int] = set()  # warmed up: the sizes new shapes are captured at
 
@@ -81,6 +85,9 @@ class TorchBackend(Backend):
         weights_file = self._weights_file()
         if self.net is None:
             self.net = load_model(self.model, device=str(self._device))
+        if self.test_scale:
+            width, height = (int(v) for v in self.test_scale.split("x"))
+            self.net.config = dataclasses.replace(self.net.config, test_scale=(width, height))
         self.config = self.net.config
         if self.tta and self.config.inference != "whole":
             raise ValueError(f"tta is offered for whole-image configs; {self.config.name} runs sliding windows")

@@ -34,7 +34,7 @@ CONFIG_FILE = "config.toml"
 MODEL_SUFFIXES = tuple(sorted({ext for cls in BACKENDS.values() for ext in cls.extensions}))
 #: the settings a model may set for itself; every other setting is the server's
 PER_MODEL = (
-    "backend", "precision", "device", "cuda_graphs", "tta", "max_batch_size", "max_queue_delay_ms",
+    "backend", "precision", "device", "cuda_graphs", "tta", "test_scale", "max_batch_size", "max_queue_delay_ms",
     "queue_capacity", "queue_capacity_pixels", "request_timeout_s", "instances",
 )  # fmt: skip
 
@@ -66,6 +66,7 @@ class ModelFile(BaseModel):
     device: str | None = None
     cuda_graphs: bool | None = None
     tta: bool | None = None
+    test_scale: str | None = None
     max_batch_size: int | None = None
     max_queue_delay_ms: float | None = None
     queue_capacity: int | None = None
