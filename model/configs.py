@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import dataclasses
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -261,3 +262,11 @@ def get_config(name: str) -> ModelConfig:
         if cfg.zoo and cfg.zoo.seed_name == name:
             return cfg
     return config_from_name(name)
+
+
+def with_test_scale(cfg: ModelConfig, size: str) -> ModelConfig:
+    """``cfg`` inferring at ``size`` "WxH" (the box an image is resized into) instead of its own."""
+    width, _, height = size.partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise ValueError(f"a test scale is WIDTHxHEIGHT in pixels, e.g. 480x360; got {size!r}")
+    return dataclasses.replace(cfg, test_scale=(int(width), int(height)))

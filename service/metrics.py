@@ -73,20 +73,25 @@ class MeasuredReference:
     fps: float
     gpu: str
     result_file: str  # under bench/results/ (tests/test_metrics.py checks the figure against it)
+    test_scale: tuple[int, int]  # the inference size it was measured at: another size is another cost
 
 
-# The built-in model's reference: `bench.model_bench` at batch 1, torch fp16 on one H200
-# (service/README.md "Metrics"), so "measured vs reference fps" is never empty for it.
-MEASURED_REFERENCE = {DEFAULT_MODEL: MeasuredReference(463.39, "H200", "model_bench_nvidia-h200_torch_fp16.json")}
+# The built-in model's reference: `bench.model_bench` at batch 1, torch fp16 with CUDA graphs on
+# one H200, at its 840x630 inference size (service/README.md "Metrics"), so "measured vs
+# reference fps" is never empty for it.
+MEASURED_REFERENCE = {DEFAULT_MODEL: MeasuredReference(879.79, "H200", "model_bench_h200_built_in_840x630.json", (840, 630))}
 
 
 def reference_fps(cfg) -> tuple[float, str, str] | None:
-    """``(fps, gpu, source)`` for a config: the seed table's row, else our measurement, else None."""
+    """``(fps, gpu, source)`` for a config: the seed table's row, else our measurement at the same
+    inference size, else None."""
     zoo = cfg.zoo
     if zoo is not None and zoo.fps is not None:
         return zoo.fps, zoo.fps_gpu or "unknown", "seed_table"
     measured = MEASURED_REFERENCE.get(cfg.name)
-    return None if measured is None else (measured.fps, measured.gpu, "measured")
+    if measured is None or tuple(cfg.test_scale) != measured.test_scale:
+        return None
+    return measured.fps, measured.gpu, "measured"
 
 
 class ServiceMetrics:

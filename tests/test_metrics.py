@@ -3,16 +3,17 @@ measurement), the fps meter, process series and no ``_created`` series."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 
 import httpx
 from deploy_support import require_tool
 
-from model import DEFAULT_MODEL, get_config
+from model import DEFAULT_MODEL, get_config, load_model
 from service.backends.pytorch import TorchBackend
 from service.gpu_metrics import load_nvml
-from service.metrics import MEASURED_REFERENCE, RateMeter, ServiceMetrics
+from service.metrics import MEASURED_REFERENCE, RateMeter, ServiceMetrics, reference_fps
 from helpers import REPO, image_bytes, metric, post, running_server, scene, small_net
 
 CITYSCAPES_R18 = "deeplabv3plus_r18-d8_4xb2-80k_cityscapes-512x1024"
@@ -30,7 +31,7 @@ def test_rate_meter_counts_a_sliding_window():
 def test_every_contract_metric_is_exported_with_the_deeplab_prefix():
     m = ServiceMetrics()
     model = m.for_model("camvid", "1")
-    model.describe(get_config(DEFAULT_MODEL), "torch", "cpu", "fp32")
+    model.describe(load_model().config, "torch", "cpu", "fp32")
     m.requests.labels("/segment", "200").inc()
     m.request_duration.labels("/segment").observe(0.01)
     model.queue_wait.observe(0.002)
@@ -51,7 +52,7 @@ def test_every_contract_metric_is_exported_with_the_deeplab_prefix():
     assert metric(text, "deeplab_measured_fps", **labels) == 0.3  # 3 images in a 10 s window
     assert metric(text, "deeplab_model_info", **labels, config=DEFAULT_MODEL, backend="torch") == 1
     # the CamVid config has no seed-table row: its reference is our own measurement
-    assert metric(text, "deeplab_reference_fps", **labels, config=DEFAULT_MODEL, gpu="H200", source="measured") == 463.39
+    assert metric(text, "deeplab_reference_fps", **labels, config=DEFAULT_MODEL, gpu="H200", source="measured") == 879.79
 
 
 def test_each_models_series_go_when_it_is_unloaded():
@@ -78,6 +79,12 @@ def test_reference_fps_comes_from_the_seed_table():
     assert 'source="measured"' not in text  # a seed-table row is never overridden
 
 
+def test_the_measured_reference_holds_only_at_the_size_it_was_measured_at():
+    served = load_model().config
+    assert reference_fps(served) == (879.79, "H200", "measured")
+    assert reference_fps(dataclasses.replace(served, test_scale=(480, 360))) is None  # --test-scale 480x360: no figure
+
+
 def test_the_measured_reference_is_the_committed_measurement():
     """Each config's own reference equals the batch-1 figure of the bench result it names, measured
     on that config and that GPU (so the number in service/metrics.py cannot drift from its source)."""
@@ -87,7 +94,7 @@ def test_the_measured_reference_is_the_committed_measurement():
         assert result["benchmark"] == "model_bench" and result["config"] == config and result["device"].startswith("cuda")
         assert ref.gpu in result["hardware"]
         (row,) = [r for r in result["rows"] if r["batch_size"] == 1]
-        assert row["images_per_s"] == ref.fps
+        assert row["images_per_s"] == ref.fps and tuple(result["input_wh"]) == ref.test_scale
         assert get_config(config).zoo is None or get_config(config).zoo.fps is None, "the seed table has a reference"
 
 
@@ -112,7 +119,9 @@ def test_a_served_metrics_page_passes_promtool():
     """The real app's /metrics after a request: promtool's checks pass, GPU series exactly when NVML
     sees a GPU (none on a CPU machine, and no error), process series, no ``_created``, and the
     built-in model's reference fps."""
-    with running_server(TorchBackend(net=small_net())) as url:
+    net = small_net()
+    net.config = dataclasses.replace(net.config, test_scale=MEASURED_REFERENCE[DEFAULT_MODEL].test_scale)  # the built-in's size
+    with running_server(TorchBackend(net=net)) as url:
         assert post(url, image_bytes(scene(0))).status_code == 200
         text = httpx.get(url + "/metrics").text
     proc = subprocess.run([require_tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)

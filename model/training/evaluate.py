@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..checkpoint import load_model
+from ..configs import with_test_scale
 from ..cli import argument_parser
 from .data import LAYOUTS, SegDataset, open_dataset, read_label
 from ..pipeline.inference import PRECISIONS, Segmenter
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="val", help="dataset split to evaluate")
     ap.add_argument("--layout", default=None, choices=sorted(LAYOUTS), help="dataset layout (default: detected from the folder)")
     ap.add_argument("--config", default=None, help="config name, for checkpoints that do not record one")
+    ap.add_argument("--test-scale", default=None, metavar="WxH", help="infer at this size instead of the model's own (e.g. 480x360)")
     ap.add_argument("--tta", action="store_true", help="multi-scale (0.5..1.75) + flip, as mmseg's TTA")
     ap.add_argument("--device", default="cpu", help="torch device")
     ap.add_argument("--precision", default="fp32", choices=[p.value for p in PRECISIONS], help="inference precision")
@@ -56,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     net = load_model(args.model, config=args.config, device=args.device)
+    if args.test_scale:
+        try:
+            net.config = with_test_scale(net.config, args.test_scale)
+        except ValueError as exc:
+            ap.error(str(exc))
     cfg = net.config
     dataset = dataset_for(args.data, args.split, args.layout, cfg.dataset.reduce_zero_label)
     if args.limit:
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     print(metrics.table(cfg.dataset.classes))
     if args.json:
         record = {"model": str(args.model or "built-in"), "config": cfg.name, "split": args.split, "images": len(dataset),
-                  "tta": args.tta, **metrics.as_dict(cfg.dataset.classes)}  # fmt: skip
+                  "test_scale": list(cfg.test_scale), "tta": args.tta, **metrics.as_dict(cfg.dataset.classes)}  # fmt: skip
         args.json.write_text(json.dumps(record, indent=1))
     return 0
 

@@ -18,7 +18,6 @@ on the Triton kernels' float arguments, for little gain: bench/RESULTS.md.)
 
 from __future__ import annotations
 
-import dataclasses
 
 import gc
 from collections.abc import Iterable, Sequence
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from model import DEFAULT_MODEL, load_model
+from model.configs import with_test_scale
 from model.accel import fp8
 from model.accel.cuda_graphs import MAX_PADDING, ShapeGraphs
 from model.accel.fast import (
@@ -86,8 +86,7 @@ class TorchBackend(Backend):
         if self.net is None:
             self.net = load_model(self.model, device=str(self._device))
         if self.test_scale:
-            width, height = (int(v) for v in self.test_scale.split("x"))
-            self.net.config = dataclasses.replace(self.net.config, test_scale=(width, height))
+            self.net.config = with_test_scale(self.net.config, self.test_scale)
         self.config = self.net.config
         if self.tta and self.config.inference != "whole":
             raise ValueError(f"tta is offered for whole-image configs; {self.config.name} runs sliding windows")
