@@ -8,9 +8,9 @@ files derive them, so `tests/test_configs_mmseg.py` can check each one against m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-import dataclasses
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources

@@ -18,7 +18,6 @@ on the Triton kernels' float arguments, for little gain: bench/RESULTS.md.)
 
 from __future__ import annotations
 
-
 import gc
 from collections.abc import Iterable, Sequence
 
