@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from helpers import REPO, free_port, image_bytes, metric, scene, small_net, wait
 from prometheus_client.parser import text_string_to_metric_families
 
 from model import save_checkpoint
-from service.workers import merge_expositions
+from service.workers import PUBLISH_INTERVAL_S, merge_expositions
 
 ONE = """# HELP deeplab_images_total Images segmented
 # TYPE deeplab_images_total counter
@@ -43,13 +44,14 @@ def test_expositions_merge_with_a_worker_label():
     assert merged.count("# TYPE deeplab_images_total counter") + merged.count("# TYPE deeplab_images counter") == 1
 
 
-def scrape_until(url: str, done, timeout_s: float = 60) -> str:
-    """The first /metrics text for which ``done`` holds: workers publish their series every second,
-    and whichever worker answers shows the others' as last published."""
+def scrape_until(url: str, done, path: str = "/metrics", timeout_s: float = 60) -> str:
+    """The first answer of ``path`` for which ``done`` holds. Server state, polled: each worker
+    publishes its series from its own process once a second (PUBLISH_INTERVAL_S), and whichever
+    worker answers shows the others' as last published; no event crosses the processes."""
     deadline = time.monotonic() + timeout_s
-    while not done(text := httpx.get(f"{url}/metrics").text):
-        assert time.monotonic() < deadline, "the workers' series never added up"
-        time.sleep(0.1)
+    while not done(text := httpx.get(f"{url}{path}").text):
+        assert time.monotonic() < deadline, f"{path} never added up: {text[-2000:]}"
+        time.sleep(PUBLISH_INTERVAL_S / 10)
     return text
 
 
@@ -91,10 +93,8 @@ def test_two_workers_serve_one_port_report_together_and_drain_on_sigterm():
         served = [metric(text, "deeplab_requests_total", endpoint="/segment", worker=str(i)) for i in range(2)]
         assert sum(served) == 16 and min(served) > 0, served  # new connections went to both
         assert metric(text, "deeplab_ready") == 2
-        deadline = time.monotonic() + 60  # the web page's panel adds the workers up too
-        while (stats := httpx.get(f"{url}/v1/stats").json())["requests_total"] != 16:
-            assert time.monotonic() < deadline, stats
-            time.sleep(0.1)
+        # the web page's panel adds the workers up too
+        stats = json.loads(scrape_until(url, lambda t: json.loads(t)["requests_total"] == 16, path="/v1/stats"))
         assert stats["models"][0]["images_total"] == 16
         client = triton.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         assert client.is_server_ready()
