@@ -85,6 +85,19 @@ def test_resume_continues_bit_identically(tree, tmp_path):
                            full["model"]["decode_head.conv_seg.weight"])  # fmt: skip
 
 
+def test_test_scale_is_the_validation_size_and_travels_with_the_exported_model(tree, tmp_path, capsys):
+    args = [DEFAULT_MODEL, "--data", str(tree), "--work-dir", str(tmp_path), "--iters", "2", "--val-interval", "2",
+            "--test-scale", "96x72", *TINY]  # fmt: skip
+    assert train_main(args) == 0
+    for name in ("best_model.pth", "final_model.pth"):
+        net = load_model(tmp_path / name)
+        assert net.meta["test_scale"] == [96, 72] and net.config.test_scale == (96, 72), name
+    assert get_config(DEFAULT_MODEL).test_scale != (96, 72)
+    with pytest.raises(SystemExit):
+        train_main([*args[: -len(TINY) - 2], "--test-scale", "96", *TINY])
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err
+
+
 def test_two_process_gloo_torchrun_stops_together_on_time_limit(tree, tmp_path):
     """Two CPU processes; `--max-minutes 0` makes both stop, and rank 0 save, at the first log step."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "model.training.train",

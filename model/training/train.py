@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ..checkpoint import load_model, load_state, save_checkpoint
 from ..cli import argument_parser
-from ..configs import ModelConfig, get_config
+from ..configs import ModelConfig, get_config, with_test_scale
 from .data import LAYOUTS, TrainBatches, TrainPipeline, open_dataset
 from .data.statistics import class_pixel_counts
 from .evaluate import dataset_for, evaluate
@@ -74,6 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=None, help="per process (default: the config's batch per GPU)")
     ap.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="default: the config's")
     ap.add_argument("--scale", type=int, nargs=2, default=None, metavar=("W", "H"), help="RandomResize base scale (default: the config's)")
+    ap.add_argument("--test-scale", default=None, metavar="WxH", help="validate at this size and record it in the exported models (default: the config's)")
     ap.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
     ap.add_argument("--min-lr", type=float, default=1e-4, help="learning rate at the last iteration")
     ap.add_argument("--power", type=float, default=0.9, help="poly decay power")
@@ -96,7 +97,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--val-interval", type=int, default=2000, help="iterations between validations")
     ap.add_argument("--log-interval", type=int, default=50, help="iterations between log lines")
     ap.add_argument("--max-minutes", type=float, default=None, help="save and stop after this much wall time (checked every --log-interval iterations)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.test_scale:
+        try:
+            with_test_scale(get_config(args.config), args.test_scale)
+        except ValueError as exc:
+            ap.error(str(exc))
+    return args
 
 
 def resolve_config(args: argparse.Namespace) -> ModelConfig:
@@ -105,6 +112,8 @@ def resolve_config(args: argparse.Namespace) -> ModelConfig:
         cfg = dataclasses.replace(cfg, crop_size=tuple(args.crop))
     if args.scale:
         cfg = dataclasses.replace(cfg, train_scale=tuple(args.scale))
+    if args.test_scale:
+        cfg = with_test_scale(cfg, args.test_scale)
     args.iters = args.iters or cfg.iters
     args.batch = args.batch or cfg.batch_per_gpu
     args.amp = args.amp or ("fp16" if cfg.amp else "none")
@@ -270,6 +279,7 @@ def _provenance(cfg, args, argv, info, done, wall, scores) -> dict:
         "device": _device_name(info.device),
         "torch": str(torch.__version__),
         "crop_size": list(cfg.crop_size),
+        "test_scale": list(cfg.test_scale),
         "val": scores,
     }
 
