@@ -18,6 +18,7 @@ from model.checkpoint import DEFAULT_WEIGHTS
 from model.training.train import load_initial_weights
 from model.training.crossval import main as crossval_main
 from model.training.train import main as train_main
+from model.training.schedule import Deadline
 from model.training.state import load_state
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,6 +97,14 @@ def test_test_scale_is_the_validation_size_and_travels_with_the_exported_model(t
     with pytest.raises(SystemExit):
         train_main([*args[: -len(TINY) - 2], "--test-scale", "96", *TINY])
     assert "WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+def test_time_limit_counts_from_the_start_and_looks_one_window_ahead():
+    """A 1-minute limit from t=100: a 5 s window that would end at 158 is fine, one ending at 161 is
+    not (the run must save before the limit, not at the first check past it); no limit, never."""
+    limit = Deadline(1.0, started=100.0)
+    assert not limit.near(5.0, now=153.0) and limit.near(5.0, now=156.0) and limit.near(0.0, now=160.5)
+    assert not Deadline(None, started=0.0).near(1e9, now=1e9)
 
 
 def test_two_process_gloo_torchrun_stops_together_on_time_limit(tree, tmp_path):

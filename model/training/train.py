@@ -41,7 +41,7 @@ from . import dist
 from .init import init_weights
 from .logs import RunLog
 from .loss import LossConfig, median_frequency_weights
-from .schedule import poly_lr, set_lr
+from .schedule import Deadline, poly_lr, set_lr
 from .state import load_state as load_run_state
 from .state import last_checkpoint, save_run_state
 from .step import train_step
@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--keep-ckpts", type=int, default=2, help="run states kept in WORK_DIR (newest)")
     ap.add_argument("--val-interval", type=int, default=2000, help="iterations between validations")
     ap.add_argument("--log-interval", type=int, default=50, help="iterations between log lines")
-    ap.add_argument("--max-minutes", type=float, default=None, help="save and stop after this much wall time (checked every --log-interval iterations)")
+    ap.add_argument("--max-minutes", type=float, default=None, help="save and stop before this much wall time from the run's start, data loading included (checked every --log-interval iterations, one interval ahead)")
     args = ap.parse_args(argv)
     if args.test_scale:
         try:
@@ -142,6 +142,7 @@ def _dropout_seed(seed: int, iteration: int, rank: int, world: int) -> int:
 
 
 def train(args: argparse.Namespace, argv: list[str]) -> dict:
+    deadline = Deadline(args.max_minutes)
     info = dist.setup(args.device)
     cfg = resolve_config(args)
     work_dir = args.work_dir or Path("work_dirs") / cfg.name
@@ -229,22 +230,20 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
         done, window_imgs = it + 1, window_imgs + img.shape[0] * info.world
         bar.update(1)
         wall = elapsed + time.perf_counter() - t_start
+        out_of_time = False
         if done % args.log_interval == 0 or done == args.iters:
             vals = dist.mean_over_ranks(torch.stack([losses[k].detach().float() for k in ("loss", "loss_decode", "loss_aux")]), info)
             now = time.perf_counter()
             loss, loss_decode, loss_aux = vals.tolist()
-            img_s = window_imgs / (now - t_window)
+            window_s = now - t_window
+            img_s = window_imgs / window_s
             t_window, window_imgs = now, 0
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.0f}")
             log.write("train", done, loss=loss, loss_decode=loss_decode, loss_aux=loss_aux, lr=lr, img_s=img_s, wall_s=wall)
             if not sys.stderr.isatty() and info.main:
                 print(f"iter {done}/{args.iters} loss {loss:.4f} lr {lr:.2e} {img_s:.0f} img/s wall {wall:.0f}s", flush=True)
-        # Checked at log steps only, and agreed on by all ranks, so every process stops at the same step.
-        out_of_time = (
-            args.max_minutes is not None
-            and done % args.log_interval == 0
-            and dist.any_rank(wall - elapsed > 60 * args.max_minutes, info)
-        )
+            # At log steps only, and agreed on by all ranks, so every process stops at the same step.
+            out_of_time = args.max_minutes is not None and dist.any_rank(deadline.near(window_s, now), info)
         if val_set is not None and info.main and (done % args.val_interval == 0 or done == args.iters):
             validate(done, wall)
         if done == args.iters and info.main:  # the fixed schedule's model, chosen by no validation
