@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     )
     precision: PrecisionChoice = Field(
         AUTO,
-        description="auto = the best the backend runs on this device (torch: fp16 on CUDA, fp32 on CPU; "
+        description="auto = the best the backend runs on this device (torch: fp16 on CUDA; on a CPU bf16 where it has bf16 instructions, AVX512-BF16 or AMX, else fp32; "
         "onnxruntime: fp32; tensorrt: the engine's); fp8 (Hopper GPUs, torch backend): fp16 with the "
         "ASPP's bottleneck conv in e4m3; a precision the backend cannot run is refused at load",
     )

@@ -43,7 +43,7 @@ def default_onnx(r18, tmp_path_factory):
 
 def test_onnxruntime_backend_matches_torch_backend_on_camvid(r18, default_onnx, camvid_dir):
     ort_backend = OnnxRuntimeBackend(str(default_onnx))
-    torch_backend = TorchBackend(net=r18)
+    torch_backend = TorchBackend(net=r18, precision="fp32")
     cfg = ort_backend.load()
     assert cfg.name == torch_backend.load().name and cfg.dataset.classes == r18.config.dataset.classes
     policy = InputPolicy.for_config(cfg)
@@ -62,11 +62,11 @@ def test_service_answers_with_the_same_png_as_the_torch_backend(r18, default_onn
     checkpoint = save_checkpoint(r18, tmp_path / "r18.pth")
     served = {}
     for model in (checkpoint, default_onnx):
-        with running_server(None, model=str(model)) as url:
+        with running_server(None, model=str(model), precision="fp32") as url:
             response = post(url, image, content_type="image/jpeg")
             assert response.status_code == 200, response.text
             described = httpx.get(url + "/v1/models").json()["models"][0]
-            assert described["precision"] == "fp32"  # precision auto: what each engine runs on the CPU
+            assert described["precision"] == "fp32"
             served[described["backend"]] = response
     assert set(served) == {"torch", "onnxruntime"}
     assert served["onnxruntime"].content == served["torch"].content

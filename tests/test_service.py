@@ -54,7 +54,7 @@ def reference(net):
 
 @pytest.fixture(scope="module")
 def server(net):
-    with running_server(TorchBackend(net=copy.deepcopy(net)), max_batch_size=8, max_queue_delay_ms=50) as url:
+    with running_server(TorchBackend(net=copy.deepcopy(net), precision="fp32"), max_batch_size=8, max_queue_delay_ms=50) as url:
         yield url
 
 
@@ -152,7 +152,8 @@ def test_models_endpoint(server):
     assert (body["name"], body["version"], body["config"]) == (DEFAULT_MODEL, "1", DEFAULT_MODEL)
     assert body["classes"] == list(cfg.dataset.classes)
     assert body["palette"] == [list(p) for p in cfg.dataset.palette]
-    # the setting is auto: what is reported is the precision the CPU engine really runs
+    # what is reported is the precision the engine runs (this server's fp32: its labels are compared
+    # with the fp32 model's; what auto picks is tests/test_service_backends.py's)
     assert Settings.model_fields["precision"].default == "auto"
     assert (body["backend"], body["device"], body["precision"]) == ("torch", "cpu", "fp32")
     assert body["batching"]["max_batch_size"] == 8

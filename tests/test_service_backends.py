@@ -39,6 +39,7 @@ from model.pipeline.buckets import InputPolicy
 from model.precision import Precision, UnsupportedPrecision
 from service.backends import BACKENDS, Backend, create_backend, resolve_backend_name
 from service.backends.onnxruntime import OnnxRuntimeBackend
+from service.backends import pytorch as pytorch_backend
 from service.backends.pytorch import TorchBackend
 from service.backends.tensorrt import TensorRTBackend
 from service.errors import InsufficientMemory, NotReady, QueueFull
@@ -102,14 +103,35 @@ def test_options_reach_only_the_backends_that_declare_them():
     assert type(onnx_backend) is OnnxRuntimeBackend and not hasattr(onnx_backend, "cuda_graphs")
 
 
-def test_torch_backend_auto_precision_is_fp32_on_cpu_and_explicit_ones_are_kept():
+@pytest.mark.parametrize("native_bf16,expected", [(False, Precision.FP32), (True, Precision.BF16)])
+def test_torch_backend_auto_precision_on_cpu_is_bf16_where_the_cpu_has_it_and_explicit_ones_are_kept(monkeypatch, native_bf16, expected):
+    monkeypatch.setattr(pytorch_backend, "cpu_has_native_bf16", lambda: native_bf16)
     auto = TorchBackend(net=small_net())
     assert auto.precision is None  # nothing runs before load
     auto.load()
-    assert auto.precision is Precision.FP32 and next(auto.net.parameters()).dtype == torch.float32
+    assert auto.precision is expected and next(auto.net.parameters()).dtype == expected.dtype
+    fp32 = TorchBackend(net=small_net(), precision="fp32")
+    fp32.load()
+    assert fp32.precision is Precision.FP32
     bf16 = TorchBackend(net=small_net(), precision="bf16")
     bf16.load()
     assert bf16.precision is Precision.BF16
+
+
+@pytest.mark.parametrize(
+    "flags,native",
+    [
+        ("fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni", True),  # AMD Zen 4, Intel Cooper Lake
+        ("fpu sse2 avx2 avx512f avx512bw amx_bf16 amx_tile", True),  # Intel Sapphire Rapids
+        ("fpu sse2 avx2 avx512f avx512bw avx512dq avx512vl", False),  # AVX-512 without bf16: emulated, slower
+        (None, False),  # no /proc/cpuinfo (not Linux)
+    ],
+)
+def test_native_bf16_is_read_from_the_cpus_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    if flags is not None:
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert pytorch_backend.cpu_has_native_bf16(cpuinfo) is native
 
 
 @pytest.mark.parametrize(
@@ -169,7 +191,7 @@ def test_tensorrt_backend_refuses_another_precision_than_its_engine(engine_file)
 
 def test_torch_backend_matches_the_model_and_returns_uint8_labels():
     net = small_net(seed=3)
-    backend = TorchBackend(net=copy.deepcopy(net))
+    backend = TorchBackend(net=copy.deepcopy(net), precision="fp32")
     cfg = backend.load()
     assert cfg.test_scale == SCALE
     images = [scene(i) for i in range(3)]

@@ -30,7 +30,7 @@ def net():
 
 @pytest.fixture(scope="module")
 def server(net):
-    with running_server(TorchBackend(net=copy.deepcopy(net)), max_upload_bytes=MAX_BYTES, max_image_pixels=MAX_PIXELS) as url:
+    with running_server(TorchBackend(net=copy.deepcopy(net), precision="fp32"), max_upload_bytes=MAX_BYTES, max_image_pixels=MAX_PIXELS) as url:
         yield url
 
 
