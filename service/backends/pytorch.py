@@ -4,9 +4,9 @@ Speed choices, each cheap and safe for a conv net in eval mode: the weights are 
 precision (``auto``: fp16 on CUDA, where it halves memory traffic on tensor cores; on a CPU bf16
 where it has bf16 instructions (``cpu_has_native_bf16``: 1.9x fp32 for the built-in model, labels
 99.92% the same, bench/RESULTS.md), else fp32; fp8 is fp16 with the largest conv in e4m3, Hopper
-GPUs only), activations use
-channels_last (what cuDNN's fastest conv kernels want), cudnn.benchmark picks kernels per input
-shape (our shapes are a few fixed buckets, warmed up at start), and the upload is uint8 with
+GPUs only), activations use channels_last (what cuDNN's fastest conv kernels want),
+cudnn.benchmark picks kernels per input shape (our shapes are a few fixed buckets, warmed up at
+start), and the upload is uint8 with
 normalisation and argmax on the device, so only 1 byte per pixel crosses PCIe each way.
 On CUDA the network is first rewritten by `model.accel.fast.optimize_for_inference` (BN folded, fused
 conv + bias + residual + ReLU, Triton depthwise and resize kernels) and whole-image inference
@@ -51,8 +51,8 @@ _ALWAYS = (Precision.FP32, Precision.FP16, Precision.BF16)
 @functools.cache
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this x86 CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 convolutions
-    beat fp32; elsewhere oneDNN emulates bf16, slower than fp32, and auto stays fp32. (Other CPUs,
-    e.g. ARM with bf16, are not measured: fp32 unless asked.)"""
+    were measured 1.9x fp32; without those instructions oneDNN can only emulate bf16, which was not
+    measured, so auto stays fp32 there (ARM CPUs with bf16 too: fp32 unless asked)."""
     try:
         text = cpuinfo.read_text()
     except OSError:
