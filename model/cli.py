@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from .configs import parse_test_scale
 from .version import DISTRIBUTION, package_version
 
 
@@ -26,3 +27,12 @@ def argument_parser(prog: str, description: str | None) -> argparse.ArgumentPars
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {package_version()}")
     return parser
+
+
+def test_scale_arg(size: str) -> str:
+    """``--test-scale WxH`` of the CLIs, refused at parse time with the form it needs."""
+    try:
+        parse_test_scale(size)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return size

@@ -264,9 +264,14 @@ def get_config(name: str) -> ModelConfig:
     return config_from_name(name)
 
 
-def with_test_scale(cfg: ModelConfig, size: str) -> ModelConfig:
-    """``cfg`` inferring at ``size`` "WxH" (the box an image is resized into) instead of its own."""
+def parse_test_scale(size: str) -> tuple[int, int]:
+    """"WxH" -> (w, h) in pixels; ValueError saying the form otherwise."""
     width, _, height = size.partition("x")
     if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
         raise ValueError(f"a test scale is WIDTHxHEIGHT in pixels, e.g. 480x360; got {size!r}")
-    return dataclasses.replace(cfg, test_scale=(int(width), int(height)))
+    return int(width), int(height)
+
+
+def with_test_scale(cfg: ModelConfig, size: str) -> ModelConfig:
+    """``cfg`` inferring at ``size`` "WxH" (the box an image is resized into) instead of its own."""
+    return dataclasses.replace(cfg, test_scale=parse_test_scale(size))

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..checkpoint import load_model
 from ..configs import with_test_scale
-from ..cli import argument_parser
+from ..cli import argument_parser, test_scale_arg
 from .data import LAYOUTS, SegDataset, open_dataset, read_label
 from ..pipeline.inference import PRECISIONS, Segmenter
 from .metrics import IoUAccumulator, SegMetrics
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="val", help="dataset split to evaluate")
     ap.add_argument("--layout", default=None, choices=sorted(LAYOUTS), help="dataset layout (default: detected from the folder)")
     ap.add_argument("--config", default=None, help="config name, for checkpoints that do not record one")
-    ap.add_argument("--test-scale", default=None, metavar="WxH", help="infer at this size instead of the model's own (e.g. 480x360)")
+    ap.add_argument("--test-scale", type=test_scale_arg, default=None, metavar="WxH", help="infer at this size instead of the model's own (e.g. 480x360)")
     ap.add_argument("--tta", action="store_true", help="multi-scale (0.5..1.75) + flip, as mmseg's TTA")
     ap.add_argument("--device", default="cpu", help="torch device")
     ap.add_argument("--precision", default="fp32", choices=[p.value for p in PRECISIONS], help="inference precision")
@@ -59,10 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     net = load_model(args.model, config=args.config, device=args.device)
     if args.test_scale:
-        try:
-            net.config = with_test_scale(net.config, args.test_scale)
-        except ValueError as exc:
-            ap.error(str(exc))
+        net.config = with_test_scale(net.config, args.test_scale)
     cfg = net.config
     dataset = dataset_for(args.data, args.split, args.layout, cfg.dataset.reduce_zero_label)
     if args.limit:

@@ -30,7 +30,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from ..checkpoint import load_model, load_state, save_checkpoint
-from ..cli import argument_parser
+from ..cli import argument_parser, test_scale_arg
 from ..configs import ModelConfig, get_config, with_test_scale
 from .data import LAYOUTS, TrainBatches, TrainPipeline, open_dataset
 from .data.statistics import class_pixel_counts
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=None, help="per process (default: the config's batch per GPU)")
     ap.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="default: the config's")
     ap.add_argument("--scale", type=int, nargs=2, default=None, metavar=("W", "H"), help="RandomResize base scale (default: the config's)")
-    ap.add_argument("--test-scale", default=None, metavar="WxH", help="validate at this size and record it in the exported models (default: the config's)")
+    ap.add_argument("--test-scale", type=test_scale_arg, default=None, metavar="WxH", help="validate at this size and record it in the exported models (default: the config's)")
     ap.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
     ap.add_argument("--min-lr", type=float, default=1e-4, help="learning rate at the last iteration")
     ap.add_argument("--power", type=float, default=0.9, help="poly decay power")
@@ -97,13 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--val-interval", type=int, default=2000, help="iterations between validations")
     ap.add_argument("--log-interval", type=int, default=50, help="iterations between log lines")
     ap.add_argument("--max-minutes", type=float, default=None, help="save and stop before this much wall time from the run's start, data loading included (checked every --log-interval iterations, one interval ahead)")
-    args = ap.parse_args(argv)
-    if args.test_scale:
-        try:
-            with_test_scale(get_config(args.config), args.test_scale)
-        except ValueError as exc:
-            ap.error(str(exc))
-    return args
+    return ap.parse_args(argv)
 
 
 def resolve_config(args: argparse.Namespace) -> ModelConfig:
