@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     test_scale: str | None = Field(
         None, pattern=r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$", description="WxH box each image is resized into "
         "(keeping its aspect ratio) for inference, instead of the model's own (a checkpoint may record one: the "
-        "built-in model's is 840x630, 1.75x its 480x360 photos, model/weights/README.md); torch backend",
+        "built-in model's is 480x360, its photos' size; 840x630 is compared in model/weights/README.md); torch backend",
     )
     max_batch_size: int = Field(8, ge=1, le=256, description="images per batch")
     instances: int | None = Field(

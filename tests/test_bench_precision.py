@@ -14,6 +14,6 @@ def test_each_precision_is_scored_and_compared_with_the_first(camvid_dir, tmp_pa
     assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16") and fp32["images"] == bf16["images"] == 2
     assert fp32["agreement"] == 1.0 and 0.99 < bf16["agreement"] <= 1.0  # bf16 keeps almost every label
     assert abs(fp32["mIoU"] - bf16["mIoU"]) < 2 and fp32["mIoU"] > 50  # the trained model, really scored
-    assert fp32["test_scale"] == [840, 630]  # served at the built-in model's own size
+    assert fp32["test_scale"] == [480, 360]  # served at the built-in model's own size
     assert json.loads(out.read_text())["rows"] == rows
     assert "| bf16 |" in capsys.readouterr().out

@@ -52,7 +52,7 @@ def test_every_contract_metric_is_exported_with_the_deeplab_prefix():
     assert metric(text, "deeplab_measured_fps", **labels) == 0.3  # 3 images in a 10 s window
     assert metric(text, "deeplab_model_info", **labels, config=DEFAULT_MODEL, backend="torch") == 1
     # the CamVid config has no seed-table row: its reference is our own measurement
-    assert metric(text, "deeplab_reference_fps", **labels, config=DEFAULT_MODEL, gpu="H200", source="measured") == 879.79
+    assert metric(text, "deeplab_reference_fps", **labels, config=DEFAULT_MODEL, gpu="H200", source="measured") == 1519.72
 
 
 def test_each_models_series_go_when_it_is_unloaded():
@@ -81,8 +81,8 @@ def test_reference_fps_comes_from_the_seed_table():
 
 def test_the_measured_reference_holds_only_at_the_size_it_was_measured_at():
     served = load_model().config
-    assert reference_fps(served) == (879.79, "H200", "measured")
-    assert reference_fps(dataclasses.replace(served, test_scale=(480, 360))) is None  # --test-scale 480x360: no figure
+    assert reference_fps(served) == (1519.72, "H200", "measured")
+    assert reference_fps(dataclasses.replace(served, test_scale=(840, 630))) is None  # --test-scale 840x630: no figure
 
 
 def test_the_measured_reference_is_the_committed_measurement():

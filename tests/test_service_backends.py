@@ -437,11 +437,10 @@ def test_test_scale_setting_replaces_the_inference_box_and_is_torch_only(tmp_pat
 
 
 def test_built_in_model_serves_at_its_recorded_scale_unless_told_otherwise():
-    """The built-in checkpoint records 840x630 (1.75x its 480x360 photos); ``--test-scale 480x360``
-    serves the same weights at the photos' own size. Either way the labels come back at the
-    photo's size."""
+    """The built-in checkpoint records 480x360 (its photos' size); ``--test-scale 840x630`` serves
+    the same weights at 1.75x. Either way the labels come back at the photo's size."""
     photo = image_bytes(scene(3, size=(480, 360)))
-    for overrides, box in (({}, [840, 630]), ({"test_scale": "480x360"}, [480, 360])):
+    for overrides, box in (({}, [480, 360]), ({"test_scale": "840x630"}, [840, 630])):
         with running_server(None, **overrides) as url:
             described = httpx.get(f"{url}/v1/models/{DEFAULT_MODEL}", timeout=30).json()
             assert described["input_policy"]["test_scale"] == box
