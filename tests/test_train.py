@@ -18,7 +18,7 @@ from model.checkpoint import DEFAULT_WEIGHTS
 from model.training.crossval import main as crossval_main
 from model.training.evaluate import main as evaluate_main
 from model.training.schedule import Deadline
-from model.training.state import load_state
+from model.training.state import load_state, portable_state, save_state
 from model.training.train import load_initial_weights
 from model.training.train import main as train_main
 
@@ -68,7 +68,7 @@ def test_loss_falls_and_best_model_is_exported(tree, tmp_path):
 
 def test_resume_continues_bit_identically(tree, tmp_path):
     common = [DEFAULT_MODEL, "--data", str(tree), "--val-data", "none", "--iters", "6", "--ckpt-interval", "3", *TINY]
-    train_main([*common, "--work-dir", str(tmp_path / "a")])
+    train_main([*common, "--work-dir", str(tmp_path / "a"), "--portable-state"])
     assert sorted(p.name for p in (tmp_path / "a").glob("iter_*.pth")) == ["iter_3.pth", "iter_6.pth"]
     # Without validation the schedule's last weights are still exported: the final model of a train+val run.
     final = load_model(tmp_path / "a" / "final_model.pth")
@@ -85,6 +85,28 @@ def test_resume_continues_bit_identically(tree, tmp_path):
     # The saved iteration-3 state differs from the end state: training did happen in between.
     assert not torch.equal(load_state(tmp_path / "a" / "iter_3.pth")["model"]["decode_head.conv_seg.weight"],
                            full["model"]["decode_head.conv_seg.weight"])  # fmt: skip
+
+
+def test_a_portable_state_is_a_quarter_of_the_size_and_a_run_resumed_from_it_keeps_learning(tree, tmp_path):
+    common = [DEFAULT_MODEL, "--data", str(tree), "--val-data", "none", "--iters", "40", "--ckpt-interval", "20",
+              "--lr", "0.02", *TINY]  # fmt: skip
+    train_main([*common, "--work-dir", str(tmp_path / "a"), "--portable-state"])
+    full, portable = load_state(tmp_path / "a" / "iter_40.pth"), load_state(tmp_path / "a" / "portable_state.pth")
+    assert portable["iteration"] == 40 and portable["optimizer"] is None
+    for key, value in full["model"].items():
+        assert torch.equal(portable["model"][key], value.half() if value.is_floating_point() else value), key
+    sizes = [(tmp_path / "a" / name).stat().st_size for name in ("portable_state.pth", "iter_40.pth")]
+    assert sizes[0] < 0.3 * sizes[1], sizes
+    # Resumed at iteration 20 from a portable state, the run goes on from the learnt weights (its losses
+    # stay where the uninterrupted run's are, ~0.9, not back at a fresh start's ~2.5), in fp32 again.
+    save_state(tmp_path / "p20.pth", **portable_state(load_state(tmp_path / "a" / "iter_20.pth")))
+    train_main([*common, "--work-dir", str(tmp_path / "b"), "--resume", str(tmp_path / "p20.pth")])
+    resumed = load_state(tmp_path / "b" / "iter_40.pth")
+    assert resumed["iteration"] == 40 and resumed["model"]["decode_head.conv_seg.weight"].dtype == torch.float32
+    assert resumed["optimizer"]["state"], "SGD momentum rebuilt after the resume"
+    first = next(r["loss"] for r in train_log(tmp_path / "a") if r["kind"] == "train")
+    after = [r["loss"] for r in train_log(tmp_path / "b") if r["kind"] == "train"]
+    assert len(after) == 4 and np.mean(after) < 0.6 * first, (after, first)
 
 
 def test_test_scale_is_the_validation_size_and_travels_with_the_exported_model(tree, tmp_path, capsys):

@@ -8,7 +8,9 @@ momentum 0.9, weight decay 5e-4, poly decay (power 0.9) to 1e-4 by iteration; cr
 (ignore 255) on the decode head + 0.4 x on the auxiliary head; fp32 unless the config is an AMP
 one. Options beyond mmseg's defaults (bf16, OHEM, class weights, EMA, channels_last,
 torch.compile) are opt-in. Every `--ckpt-interval` iterations (and on `--max-minutes`) the run
-state goes to WORK_DIR/iter_K.pth; `--resume` continues the newest bit-identically. The schedule's
+state goes to WORK_DIR/iter_K.pth; `--resume` continues the newest bit-identically
+(`--portable-state` also writes a quarter-size WORK_DIR/portable_state.pth to carry a run to another
+machine, resumed from with `--resume PATH`, closely but not bit-identically). The schedule's
 last weights are exported in the serving format to WORK_DIR/final_model.pth (the model of a fixed
 recipe, e.g. trained on train+val); with validation data, also the best by val mIoU to best_model.pth.
 """
@@ -43,9 +45,10 @@ from .logs import RunLog
 from .loss import LossConfig, median_frequency_weights
 from .schedule import Deadline, poly_lr, set_lr
 from .state import load_state as load_run_state
-from .state import last_checkpoint, save_run_state
+from .state import last_checkpoint, portable_state, save_run_state, save_state
 from .step import train_step
 
+PORTABLE_STATE = "portable_state.pth"
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -93,6 +96,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--load-from", default=None, help="initial weights (checkpoint or zoo name); mismatched keys skipped")
     ap.add_argument("--resume", nargs="?", const="auto", default=None, help="a run state file; bare: the newest in WORK_DIR")
     ap.add_argument("--ckpt-interval", type=int, default=2000, help="iterations between run states")
+    ap.add_argument("--portable-state", action="store_true", help="also write WORK_DIR/portable_state.pth (fp16 weights, no momentum) with each run state")
     ap.add_argument("--keep-ckpts", type=int, default=2, help="run states kept in WORK_DIR (newest)")
     ap.add_argument("--val-interval", type=int, default=2000, help="iterations between validations")
     ap.add_argument("--log-interval", type=int, default=50, help="iterations between log lines")
@@ -170,7 +174,8 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
     if resume is not None:  # a bare --resume in a fresh work dir starts from scratch, as mmseg's does
         state = load_run_state(resume)
         net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None:  # None in a portable state: SGD momentum restarts from zero
+            optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
@@ -245,6 +250,8 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
         if done % args.ckpt_interval == 0 or done == args.iters or out_of_time:
             if info.main:
                 save_run_state(work_dir, done, args.keep_ckpts, **run_state(wall))
+                if args.portable_state:
+                    save_state(work_dir / PORTABLE_STATE, iteration=done, **portable_state(run_state(wall)))
             dist.barrier(info)
         if out_of_time:
             break
