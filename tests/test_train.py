@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,32 @@ def test_a_portable_state_is_a_quarter_of_the_size_and_a_run_resumed_from_it_kee
     first = next(r["loss"] for r in train_log(tmp_path / "a") if r["kind"] == "train")
     after = [r["loss"] for r in train_log(tmp_path / "b") if r["kind"] == "train"]
     assert len(after) == 4 and np.mean(after) < 0.6 * first, (after, first)
+
+
+def test_the_final_run_script_survives_losing_the_machine_between_calls(tree, tmp_path):
+    """scripts/train_camvid_final.sh twice, the first call's machine lost in between (its work dir
+    gone): the second goes on from the portable state the first left in OUT_DIR and finishes."""
+    work, state_in, out = tmp_path / "work", tmp_path / "carried", tmp_path / "out"
+    env = {**os.environ, "DATA": str(tree), "WORK_DIR": str(work), "STATE_IN": str(state_in), "OUT_DIR": str(out),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    script = [str(REPO / "scripts" / "train_camvid_final.sh")]
+    tiny = ["--val-data", "none", "--iters", "4", *TINY[:-1], "1"]  # log (and check the time) every iteration
+
+    def call(minutes: str) -> None:
+        proc = subprocess.run(["bash", *script, minutes, *tiny], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    call("0.00001")  # out of time at the first check: saves after iteration 1
+    assert load_state(work / "portable_state.pth")["iteration"] == 1 and not list(out.glob("final_model*"))
+    shutil.rmtree(work)
+    state_in.mkdir()
+    for part in out.glob("portable_state.pth.part*"):
+        shutil.move(part, state_in / part.name)
+    call("10")
+    log = train_log(work)
+    assert log[0]["kind"] == "start" and log[0]["iter"] == 1 and log[-1]["kind"] == "end" and log[-1]["iter"] == 4
+    (tmp_path / "final.pth").write_bytes(b"".join(p.read_bytes() for p in sorted(out.glob("final_model.pth.part*"))))
+    assert load_model(tmp_path / "final.pth").meta["iterations"] == 4
 
 
 def test_test_scale_is_the_validation_size_and_travels_with_the_exported_model(tree, tmp_path, capsys):
