@@ -12,13 +12,13 @@ cd "$(dirname "$0")/.."
 MINUTES=${1:-9.4}
 shift || true
 WORK_DIR=${WORK_DIR:-/tmp/camvid_final}
-mkdir -p "$OUT_DIR"
+mkdir -p "$OUT_DIR" "$WORK_DIR"
 RESUME=()
 if [ -f "$WORK_DIR/last_checkpoint" ]; then
   RESUME=(--resume)
 elif compgen -G "$STATE_IN/portable_state.pth.part*" >/dev/null; then
-  cat "$STATE_IN"/portable_state.pth.part* >/tmp/portable_in.pth
-  RESUME=(--resume /tmp/portable_in.pth)
+  cat "$STATE_IN"/portable_state.pth.part* >"$WORK_DIR/portable_in.pth"
+  RESUME=(--resume "$WORK_DIR/portable_in.pth")
 fi
 echo "resume: ${RESUME[*]:-from scratch}"
 python -m model.training.train deeplabv3plus_r18-d8_camvid-360x480 --data "$DATA" \

@@ -69,7 +69,7 @@ def test_loss_falls_and_best_model_is_exported(tree, tmp_path):
 
 def test_resume_continues_bit_identically(tree, tmp_path):
     common = [DEFAULT_MODEL, "--data", str(tree), "--val-data", "none", "--iters", "6", "--ckpt-interval", "3", *TINY]
-    train_main([*common, "--work-dir", str(tmp_path / "a"), "--portable-state"])
+    train_main([*common, "--work-dir", str(tmp_path / "a")])
     assert sorted(p.name for p in (tmp_path / "a").glob("iter_*.pth")) == ["iter_3.pth", "iter_6.pth"]
     # Without validation the schedule's last weights are still exported: the final model of a train+val run.
     final = load_model(tmp_path / "a" / "final_model.pth")

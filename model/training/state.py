@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 STATE_FORMAT = "deeplab-serve-train/1"
+PORTABLE_STATE = "portable_state.pth"
 
 
 def save_state(path: Path, **state) -> None:
@@ -42,9 +43,12 @@ def _half(tensors: dict) -> dict:
     return {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
 
 
-def save_run_state(work_dir: Path, iteration: int, keep: int, **state) -> Path:
+def save_run_state(work_dir: Path, iteration: int, keep: int, portable: bool = False, **state) -> Path:
+    """WORK_DIR/iter_K.pth (and, if `portable`, WORK_DIR/portable_state.pth of the same iteration)."""
     path = work_dir / f"iter_{iteration}.pth"
     save_state(path, iteration=iteration, **state)
+    if portable:
+        save_state(work_dir / PORTABLE_STATE, iteration=iteration, **portable_state(state))
     pointer = work_dir / "last_checkpoint"
     pointer.with_name("last_checkpoint.tmp").write_text(path.name)
     os.replace(pointer.with_name("last_checkpoint.tmp"), pointer)

@@ -45,10 +45,9 @@ from .logs import RunLog
 from .loss import LossConfig, median_frequency_weights
 from .schedule import Deadline, poly_lr, set_lr
 from .state import load_state as load_run_state
-from .state import last_checkpoint, portable_state, save_run_state, save_state
+from .state import last_checkpoint, save_run_state
 from .step import train_step
 
-PORTABLE_STATE = "portable_state.pth"
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -249,9 +248,7 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
             export_model(eval_net, work_dir / "final_model.pth", _provenance(cfg, args, argv, info, done, wall, scores))
         if done % args.ckpt_interval == 0 or done == args.iters or out_of_time:
             if info.main:
-                save_run_state(work_dir, done, args.keep_ckpts, **run_state(wall))
-                if args.portable_state:
-                    save_state(work_dir / PORTABLE_STATE, iteration=done, **portable_state(run_state(wall)))
+                save_run_state(work_dir, done, args.keep_ckpts, portable=args.portable_state, **run_state(wall))
             dist.barrier(info)
         if out_of_time:
             break
