@@ -203,7 +203,8 @@ def test_openapi_describes_endpoints_and_errors(server):
 def test_models_endpoint_publishes_provenance_but_not_the_training_command_or_data(tmp_path):
     secret = "/home/trainer/private-data/camvid"
     meta = {"command": f"python -m model.training.train --data {secret}", "data": secret,
-            "recipe": {"data": secret, "work_dir": "/home/trainer/runs"}, "val": {"mIoU": 61.5, "aAcc": 90.1}, "iterations": 1000}  # fmt: skip
+            "recipe": {"data": secret, "work_dir": "/home/trainer/runs", "train_split": "train+val"},
+            "val": {"mIoU": 61.5, "aAcc": 90.1}, "iterations": 1000}  # fmt: skip
     checkpoint = save_checkpoint(small_net(seed=7), tmp_path / "trained.pth", meta=meta)
     with running_server(None, model=str(checkpoint), precision="bf16") as url:
         body = httpx.get(url + "/v1/models").json()["models"][0]
@@ -212,7 +213,7 @@ def test_models_endpoint_publishes_provenance_but_not_the_training_command_or_da
     assert "/home/trainer" not in text and "python -m" not in text and "command" not in text
     assert body["weights"] == {
         "file": "trained.pth", "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
-        "val_miou": 61.5, "val_aacc": 90.1, "iterations": 1000,
+        "val_miou": 61.5, "val_aacc": 90.1, "iterations": 1000, "train_split": "train+val",
     }  # fmt: skip
     assert body["precision"] == "bf16" and info == 1
 

@@ -20,8 +20,9 @@ def sha256_of(path: Path) -> str:
 
 
 def weights_provenance(file: str | Path | None, meta: dict) -> dict:
-    """The served file's name and sha256 (when it is a local file) and the validation scores and
-    training length the checkpoint records; nothing else from ``meta``."""
+    """The served file's name and sha256 (when it is a local file) and the validation scores,
+    training length and training split the checkpoint records; nothing else from ``meta``. The split
+    says what the scores mean: ``train+val`` (the built-in model) scored val on its training data."""
     out: dict = {}
     if file is not None and Path(file).is_file():
         out["file"] = Path(file).name
@@ -31,4 +32,7 @@ def weights_provenance(file: str | Path | None, meta: dict) -> dict:
         out.update({f"val_{key.lower()}": val[key] for key in ("mIoU", "aAcc", "mAcc") if isinstance(val.get(key), (int, float))})
     if isinstance(meta.get("iterations"), int):
         out["iterations"] = meta["iterations"]
+    recipe = meta.get("recipe")
+    if isinstance(recipe, dict) and isinstance(recipe.get("train_split"), str):
+        out["train_split"] = recipe["train_split"]
     return out
