@@ -7,6 +7,7 @@
 # schedule's last weights (final_model.pth) too once it is done.
 #   DATA=.traindata/camvid STATE_IN=.traindata/state OUT_DIR=$OUT bash scripts/train_camvid_final.sh 9.4
 # Options after MINUTES go to model.training.train last, so they override the recipe's (tests use that).
+# CONFIG picks another CamVid network for the same run (e.g. deeplabv3plus_r50-d8_camvid-360x480).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-9.4}
@@ -21,7 +22,7 @@ elif compgen -G "$STATE_IN/portable_state.pth.part*" >/dev/null; then
   RESUME=(--resume "$WORK_DIR/portable_in.pth")
 fi
 echo "resume: ${RESUME[*]:-from scratch}"
-python -m model.training.train deeplabv3plus_r18-d8_camvid-360x480 --data "$DATA" \
+python -m model.training.train "${CONFIG:-deeplabv3plus_r18-d8_camvid-360x480}" --data "$DATA" \
   --train-split train+val --work-dir "$WORK_DIR" --device cuda --iters 32000 --batch 16 --lr 0.02 --amp bf16 \
   --channels-last --test-scale 480x360 --val-interval 32000 --ckpt-interval 100000 --log-interval 500 \
   --max-minutes "$MINUTES" --portable-state "${RESUME[@]}" "$@" 2>&1 | tr '\r' '\n' | grep -v "it/s"

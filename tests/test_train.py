@@ -112,9 +112,11 @@ def test_a_portable_state_is_a_quarter_of_the_size_and_a_run_resumed_from_it_kee
 
 def test_the_final_run_script_survives_losing_the_machine_between_calls(tree, tmp_path):
     """scripts/train_camvid_final.sh twice, the first call's machine lost in between (its work dir
-    gone): the second goes on from the portable state the first left in OUT_DIR and finishes."""
+    gone): the second goes on from the portable state the first left in OUT_DIR and finishes. CONFIG
+    picks the network (here ResNet-18 "b", not the built-in's v1c)."""
     work, state_in, out = tmp_path / "work", tmp_path / "carried", tmp_path / "out"
-    env = {**os.environ, "DATA": str(tree), "WORK_DIR": str(work), "STATE_IN": str(state_in), "OUT_DIR": str(out),
+    config = "deeplabv3plus_r18b-d8_camvid-360x480"
+    env = {**os.environ, "DATA": str(tree), "WORK_DIR": str(work), "STATE_IN": str(state_in), "OUT_DIR": str(out), "CONFIG": config,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}  # fmt: skip
     script = [str(REPO / "scripts" / "train_camvid_final.sh")]
     tiny = ["--val-data", "none", "--iters", "4", *TINY[:-1], "1"]  # log (and check the time) every iteration
@@ -132,8 +134,10 @@ def test_the_final_run_script_survives_losing_the_machine_between_calls(tree, tm
     call("10")
     log = train_log(work)
     assert log[0]["kind"] == "start" and log[0]["iter"] == 1 and log[-1]["kind"] == "end" and log[-1]["iter"] == 4
+    assert log[0]["config"] == config
     (tmp_path / "final.pth").write_bytes(b"".join(p.read_bytes() for p in sorted(out.glob("final_model.pth.part*"))))
-    assert load_model(tmp_path / "final.pth").meta["iterations"] == 4
+    final = load_model(tmp_path / "final.pth")
+    assert final.meta["iterations"] == 4 and final.config.name == config
 
 
 def test_test_scale_is_the_validation_size_and_travels_with_the_exported_model(tree, tmp_path, capsys):
