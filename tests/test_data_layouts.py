@@ -156,6 +156,18 @@ def test_unknown_tree_and_generic_override(tmp_path):
     assert [p[0].name for p in open_dataset(root, "val").pairs] == ["f1.jpg", "f2.jpg", "f3.jpg", "f4.png"]
 
 
+def test_a_generic_tree_may_hold_a_test_split(tmp_path):
+    """images/test + labels/test (CamVid's held-out split, where a user has it) read like val."""
+    root = make_tree(tmp_path, "generic")
+    for rel in ("images/test/t1.jpg", "images/test/t2.jpg", "labels/test/t1.png", "labels/test/t2.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 6), np.uint8)).save(root / rel)
+    test = open_dataset(root, "test")
+    assert [(i.relative_to(root).as_posix(), s.relative_to(root).as_posix()) for i, s in test.pairs] == [
+        ("images/test/t1.jpg", "labels/test/t1.png"), ("images/test/t2.jpg", "labels/test/t2.png")]  # fmt: skip
+    assert len(open_dataset(root, "val+test")) == 5
+
+
 def test_splits_join_and_cross_validation_folds_partition_the_train_split(camvid_dir):
     train = open_dataset(camvid_dir, "train").pairs
     val = open_dataset(camvid_dir, "val").pairs
@@ -166,9 +178,11 @@ def test_splits_join_and_cross_validation_folds_partition_the_train_split(camvid
     rest = open_dataset(camvid_dir, "train%5!=2").pairs
     assert set(rest) == set(train) - set(folds[2]) and len(rest) + len(folds[2]) == len(train)
     assert open_dataset(camvid_dir, "train%5!=2+val").pairs == rest + val
-    for bad in ("train%5=5", "train%", "train-val", "test", "train:", "train:Seq05VD", "train:!0"):
+    for bad in ("train%5=5", "train%", "train-val", "train:", "train:Seq05VD", "train:!0"):
         with pytest.raises(KeyError):
             open_dataset(camvid_dir, bad)
+    with pytest.raises(DatasetLayoutError, match="missing image folder .*images/test"):
+        open_dataset(camvid_dir, "test")  # the sample has no test split; the error says where it would be
 
 
 def test_sequence_folds_hold_out_whole_camvid_sequences(camvid_dir):

@@ -98,7 +98,8 @@ LAYOUTS: dict[str, Layout] = {
             _dirs("{split}/images", "{split}/v1.2/labels", ".jpg", ".png", {"train": "training", "val": "validation"}),
             "training/v1.2",
         ),
-        Layout("generic", False, _dirs("images/{split}", "labels/{split}", "", ".png"), "labels"),
+        # A test split too: CamVid's held-out 233 frames, where a user has them, score with --split test.
+        Layout("generic", False, _dirs("images/{split}", "labels/{split}", "", ".png", {s: s for s in (*SPLITS, "test")}), "labels"),
     )
 }
 # mmseg's data roots sit one level above for ADE20K and VOC; accept either.
