@@ -1,4 +1,4 @@
-"""What a serving precision costs in accuracy: `python -m bench.precision_accuracy --data DIR [--precisions fp32 bf16]`.
+"""What a serving precision costs in accuracy: `python -m bench.precision_accuracy --data DIR [--precisions fp32 bf16] [--test-scale WxH]`.
 
 Each precision's labels come from the service's own path (`InputPolicy.prepare`, the backend's
 `infer`, `restore_labels`), on a labelled split (default: CamVid val), so the figure is what a
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.model_bench import hardware
+from model.cli import test_scale_arg
 from model.pipeline.buckets import InputPolicy
 from model.pipeline.decode import load_image
 from model.pipeline.restore import restore_labels
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--split", default="val")
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="the first is the reference for agreement")
+    ap.add_argument("--test-scale", type=test_scale_arg, default=None, metavar="WxH",
+                    help="serve at this size instead of the model's own, as the service's --test-scale does")
     ap.add_argument("--limit", type=int, default=None, help="first N images only")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     rows, reference = [], None
     for precision in args.precisions:
-        backend = create_backend(args.model, device=device, precision=precision, cuda_graphs=False)
+        backend = create_backend(args.model, device=device, precision=precision, cuda_graphs=False, test_scale=args.test_scale)
         cfg = backend.load()
         dataset = dataset_for(args.data, args.split, None, cfg.dataset.reduce_zero_label)
         pairs = dataset.pairs[: args.limit]

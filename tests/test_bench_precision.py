@@ -17,3 +17,12 @@ def test_each_precision_is_scored_and_compared_with_the_first(camvid_dir, tmp_pa
     assert fp32["test_scale"] == [480, 360]  # served at the built-in model's own size
     assert json.loads(out.read_text())["rows"] == rows
     assert "| bf16 |" in capsys.readouterr().out
+
+
+def test_test_scale_serves_at_another_size(camvid_dir):
+    """``--test-scale 840x630``: the rows say the size they were served at, and the labels differ."""
+    common = ["--data", str(camvid_dir), "--device", "cpu", "--limit", "1", "--precisions", "fp32"]
+    (enlarged,) = precision_accuracy([*common, "--test-scale", "840x630"])
+    (native,) = precision_accuracy(common)
+    assert enlarged["test_scale"] == [840, 630] and native["test_scale"] == [480, 360]
+    assert enlarged["per_class_IoU"] != native["per_class_IoU"]
