@@ -23,9 +23,15 @@ DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / f"{DEFAULT_MODEL}.pth"
 _STAMP = re.compile(r"(_\d{8}_\d{6})?(-[0-9a-f]{8,64})?(_fp16)?$")
 
 
+def half_floats(tensors: dict) -> dict:
+    """Floating tensors as fp16, the rest (BN's batch counters) as they are: half the bytes on disk."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+
+
 def save_checkpoint(net: DeepLabV3Plus, path: str | Path, meta: dict | None = None, half: bool = False) -> Path:
     """Write our format; `half` stores floating weights as fp16 (BN statistics included)."""
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu() for k, v in net.state_dict().items()}
+    weights = net.state_dict()
+    state = {k: v.detach().cpu() for k, v in (half_floats(weights) if half else weights).items()}
     cfg = net.config
     full_meta = {
         "classes": list(cfg.dataset.classes),

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import half_floats
+
 STATE_FORMAT = "deeplab-serve-train/1"
 PORTABLE_STATE = "portable_state.pth"
 
@@ -36,11 +38,7 @@ def portable_state(state: dict) -> dict:
     at most 2**-11 of itself, and SGD's momentum restarts from zero (at momentum 0.9, 88% rebuilt
     after 20 iterations).
     """
-    return {**state, "model": _half(state["model"]), "optimizer": None, "ema": state["ema"] and _half(state["ema"])}
-
-
-def _half(tensors: dict) -> dict:
-    return {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    return {**state, "model": half_floats(state["model"]), "optimizer": None, "ema": state["ema"] and half_floats(state["ema"])}
 
 
 def save_run_state(work_dir: Path, iteration: int, keep: int, portable: bool = False, **state) -> Path:
