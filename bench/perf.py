@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--configs", nargs="+", default=list(CONFIGS))
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8, 16])
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--profile", nargs="*", default=[], help="backbones to profile at batch 1 and 8")
+    p.add_argument("--profile", nargs="*", default=[], help="backbones to profile at batch 1 and 8 (eager fp16, optimized fp16 and fp8)")
     p.add_argument("--agreement-images", type=Path, help="photos for the trained-model agreement (the only accuracy check)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -256,7 +256,6 @@ def main(argv: list[str] | None = None) -> None:
             if label in args.profile:
                 for x in (x1h, x8):
                     profile(eager_labels(eager16), x, f"{label} eager fp16 channels_last, batch {len(x)}")
-                    profile(fast_labels, network_input(x, fast), f"{label} optimized fp16 channels_last, batch {len(x)}")
             record(label, "torch-eager", "fp16", 8, time_forward(eager_labels(eager16), x8, args.iters),
                    kernel_consistency=round(agree16, 5))  # fmt: skip
             del eager16, x8
@@ -270,6 +269,12 @@ def main(argv: list[str] | None = None) -> None:
                     "kernel_consistency": round((labels8 == ref_labels).float().mean().item(), 5),
                     "kernel_consistency_with_fp16": round((labels8 == fast_labels(network_input(x1, fast))).float().mean().item(), 5),
                 }))  # fmt: skip
+            if label in args.profile:
+                for precision, variant, _ in graphed:
+                    for b in (1, 8):
+                        xp = network_input(seeded_randn(b, 3, H, W, seed=3), variant)
+                        profile(functools.partial(whole_image_labels, variant), xp,
+                                f"{label} optimized {precision} channels_last, batch {b}")  # fmt: skip
             for b in args.batches:
                 xb = network_input(seeded_randn(b, 3, H, W, seed=4), fast)
                 record(label, "torch-optimized", "fp16", b, time_forward(fast_labels, xb, args.iters),

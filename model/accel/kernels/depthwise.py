@@ -15,6 +15,19 @@ def depthwise3x3_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 if triton is not None:
 
     @triton.jit
+    def _row_taps(base, y, H, W, xs, DIL, s_h, s_w, c_ok):
+        """Input row y at x - DIL, x and x + DIL for the tile's pixels x, as fp32 (zeros outside the image)."""
+        row_ok = (y >= 0) & (y < H)
+        row = base + y * s_h
+        ok_l = (row_ok & (xs >= DIL) & (xs - DIL < W))[:, None] & c_ok[None, :]
+        ok_m = (row_ok & (xs < W))[:, None] & c_ok[None, :]
+        ok_r = (row_ok & (xs + DIL < W))[:, None] & c_ok[None, :]
+        v_l = tl.load(row + ((xs - DIL) * s_w)[:, None], mask=ok_l, other=0.0).to(tl.float32)
+        v_m = tl.load(row + (xs * s_w)[:, None], mask=ok_m, other=0.0).to(tl.float32)
+        v_r = tl.load(row + ((xs + DIL) * s_w)[:, None], mask=ok_r, other=0.0).to(tl.float32)
+        return v_l, v_m, v_r
+
+    @triton.jit
     def _depthwise3x3_relu_kernel(
         src, weight, bias, dst, sums, H, W, C, DIL,
         s_n, s_h, s_w, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr, SUMS: tl.constexpr,
@@ -22,9 +35,11 @@ if triton is not None:
         """ROWS output rows spaced DIL apart (y0, y0 + DIL, ...) of one x-tile x channel-tile of a
         channels-last tensor. Output row y needs input rows y - DIL, y, y + DIL, so walking down
         the rows DIL at a time loads each input row once (ROWS + 2 loads for ROWS rows, instead
-        of 3 per row) and keeps two partial sums: the row above's and this row's. With SUMS, the
-        program also writes the sum of the input over its own output pixels (one row of `sums`
-        per program and image), from which the image pool's mean follows without another pass."""
+        of 3 per row) and keeps two partial sums: the row above's and this row's. The next input
+        row's loads are issued before this row's store, so they are in flight while it is written
+        (10-17% faster at R-50-D8's shapes but the shortest walk, bench/RESULTS.md). With SUMS, the program also writes the sum of the input over its own
+        output pixels (one row of `sums` per program and image), from which the image pool's mean
+        follows without another pass."""
         x_tiles, c_tiles = tl.cdiv(W, BLOCK_X), tl.cdiv(C, BLOCK_C)
         pid = tl.program_id(0)  # neighbouring programs: neighbouring channels of the same pixels
         c_tile, x_tile, group = pid % c_tiles, (pid // c_tiles) % x_tiles, pid // (c_tiles * x_tiles)
@@ -33,9 +48,7 @@ if triton is not None:
         cs = c_tile * BLOCK_C + tl.arange(0, BLOCK_C)
         n = tl.program_id(1).to(tl.int64)  # batch offsets pass 2**31 elements at batch 16+
         c_ok = cs < C
-        left_ok = (xs >= DIL) & (xs - DIL < W)
         mid_ok = xs < W
-        right_ok = xs + DIL < W
         taps = weight + cs * 9
         w00 = tl.load(taps + 0, mask=c_ok, other=0.0).to(tl.float32)[None, :]
         w01 = tl.load(taps + 1, mask=c_ok, other=0.0).to(tl.float32)[None, :]
@@ -52,14 +65,11 @@ if triton is not None:
         base = src + n * s_n + cs[None, :]
         out_base = dst + n * H * W * C + cs[None, :]
         total = tl.zeros([BLOCK_X, BLOCK_C], tl.float32)
+        v_l, v_m, v_r = _row_taps(base, y_first - DIL, H, W, xs, DIL, s_h, s_w, c_ok)
         for i in tl.static_range(ROWS + 2):
             y_in = y_first + (i - 1) * DIL
-            row_ok = (y_in >= 0) & (y_in < H)
-            row = base + y_in * s_h
-            v_l = tl.load(row + ((xs - DIL) * s_w)[:, None], mask=(row_ok & left_ok)[:, None] & c_ok[None, :], other=0.0)
-            v_m = tl.load(row + (xs * s_w)[:, None], mask=(row_ok & mid_ok)[:, None] & c_ok[None, :], other=0.0)
-            v_r = tl.load(row + ((xs + DIL) * s_w)[:, None], mask=(row_ok & right_ok)[:, None] & c_ok[None, :], other=0.0)
-            v_l, v_m, v_r = v_l.to(tl.float32), v_m.to(tl.float32), v_r.to(tl.float32)
+            if i + 1 < ROWS + 2:  # the next row's loads, in flight during this row's store
+                n_l, n_m, n_r = _row_taps(base, y_in + DIL, H, W, xs, DIL, s_h, s_w, c_ok)
             if SUMS and i >= 1 and i <= ROWS:  # y_in is one of this program's output rows
                 total += v_m
             if i >= 2:  # row y_in - DIL now has all three of its input rows
@@ -69,6 +79,8 @@ if triton is not None:
                 tl.store(out_base + (y_out * W + xs)[:, None] * C, out.to(dst.dtype.element_ty), mask=ok)
             above = here + w10 * v_l + w11 * v_m + w12 * v_r
             here = w00 * v_l + w01 * v_m + w02 * v_r
+            if i + 1 < ROWS + 2:
+                v_l, v_m, v_r = n_l, n_m, n_r
         if SUMS:
             spatial = pid // c_tiles, tl.num_programs(0) // c_tiles  # this program's row of `sums`, rows per image
             tl.store(sums + (n * spatial[1] + spatial[0]) * C + cs, tl.sum(total, axis=0), mask=c_ok)
@@ -79,7 +91,7 @@ if triton is not None:
 # one row group per residue class of the rows mod the dilation, so each input row is loaded
 # (ROWS + 2) / ROWS times (the ROWS + 2 rows of the walk) instead of twice with 2 rows per group.
 # Fixed, not autotuned per shape: autotuning slows start-up per bucket (bench/RESULTS.md).
-DEPTHWISE_TILING = (64, 64, 2, 4)
+DEPTHWISE_TILING = (32, 64, 11, 4)
 DILATED_BLOCKS = (32, 64, 4)  # (BLOCK_X, BLOCK_C, num_warps); ROWS = ceil(H / dilation), at most MAX_ROWS
 MAX_ROWS = 16
 
