@@ -86,6 +86,17 @@ def test_resume_continues_bit_identically(tree, tmp_path):
     # The saved iteration-3 state differs from the end state: training did happen in between.
     assert not torch.equal(load_state(tmp_path / "a" / "iter_3.pth")["model"]["decode_head.conv_seg.weight"],
                            full["model"]["decode_head.conv_seg.weight"])  # fmt: skip
+    # The weights' provenance names the call that started the run, then the calls that resumed it.
+    assert str(tmp_path / "a") in final.meta["command"] and "resumed_with" not in final.meta
+    chained = load_model(tmp_path / "b" / "final_model.pth").meta
+    assert chained["command"] == final.meta["command"]
+    assert len(chained["resumed_with"]) == 1 and str(tmp_path / "b") in chained["resumed_with"][0]
+    # A run state written before the command history (its own call's argv only) still resumes.
+    legacy = load_state(tmp_path / "a" / "iter_3.pth")
+    legacy["argv"] = legacy.pop("commands")[0]
+    save_state(tmp_path / "legacy.pth", **{k: v for k, v in legacy.items() if k != "format"})
+    train_main([*common, "--work-dir", str(tmp_path / "c"), "--resume", str(tmp_path / "legacy.pth")])
+    assert load_model(tmp_path / "c" / "final_model.pth").meta["command"] == final.meta["command"]
 
 
 def test_a_portable_state_is_a_quarter_of_the_size_and_a_run_resumed_from_it_keeps_learning(tree, tmp_path):

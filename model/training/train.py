@@ -168,7 +168,7 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
 
-    start, best, elapsed = 0, {"mIoU": None, "iter": None}, 0.0
+    start, best, elapsed, commands = 0, {"mIoU": None, "iter": None}, 0.0, [argv]
     resume = last_checkpoint(work_dir) if args.resume == "auto" else (Path(args.resume) if args.resume else None)
     if resume is not None:  # a bare --resume in a fresh work dir starts from scratch, as mmseg's does
         state = load_run_state(resume)
@@ -179,6 +179,8 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
         if ema is not None:
             ema.load_state_dict(state["ema"])
         start, best, elapsed = state["iteration"], state["best"], state["elapsed_s"]
+        # states written before the command history kept only their own call's argv
+        commands = [*(state["commands"] if "commands" in state else [state["argv"]]), argv]
 
     forward = TrainForward(net)
     if info.world > 1:
@@ -195,7 +197,7 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
     def run_state(wall: float) -> dict:
         return dict(config=cfg.name, model=net.state_dict(), optimizer=optimizer.state_dict(),
                     scaler=scaler.state_dict(), ema=ema.state_dict() if ema else None, best=best, elapsed_s=wall,
-                    argv=argv)  # fmt: skip
+                    commands=commands)  # fmt: skip
 
     eval_net = ema.module if ema is not None else net
     scores: dict | None = None  # the latest validation's
@@ -209,7 +211,7 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
         tqdm.write(f"iter {done}: val mIoU {scores['mIoU']} aAcc {scores['aAcc']} mAcc {scores['mAcc']}")
         if best["mIoU"] is None or scores["mIoU"] > best["mIoU"]:
             best.update(mIoU=scores["mIoU"], iter=done)
-            export_model(eval_net, work_dir / "best_model.pth", _provenance(cfg, args, argv, info, done, wall, scores))
+            export_model(eval_net, work_dir / "best_model.pth", _provenance(cfg, args, commands, info, done, wall, scores))
 
     net.train()
     t_start, t_window, window_imgs = time.perf_counter(), time.perf_counter(), 0
@@ -245,7 +247,7 @@ def train(args: argparse.Namespace, argv: list[str]) -> dict:
         if val_set is not None and info.main and (done % args.val_interval == 0 or done == args.iters):
             validate(done, wall)
         if done == args.iters and info.main:  # the fixed schedule's model, chosen by no validation
-            export_model(eval_net, work_dir / "final_model.pth", _provenance(cfg, args, argv, info, done, wall, scores))
+            export_model(eval_net, work_dir / "final_model.pth", _provenance(cfg, args, commands, info, done, wall, scores))
         if done % args.ckpt_interval == 0 or done == args.iters or out_of_time:
             if info.main:
                 save_run_state(work_dir, done, args.keep_ckpts, portable=args.portable_state, **run_state(wall))
@@ -265,11 +267,14 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
 
 
-def _provenance(cfg, args, argv, info, done, wall, scores) -> dict:
-    """What the model card and `net.meta` report about how these weights were made."""
+def _provenance(cfg, args, commands, info, done, wall, scores) -> dict:
+    """What the model card and `net.meta` report about how these weights were made. A run resumed
+    over several calls records the call that started it as its command, the others as resumes."""
+    first, *resumes = ("python -m model.training.train " + shlex.join(argv) for argv in commands)
     return {
         "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "command": "python -m model.training.train " + shlex.join(argv),
+        "command": first,
+        **({"resumed_with": resumes} if resumes else {}),
         "world_size": info.world,
         "iterations": done,
         "wall_time_s": round(wall, 1),
