@@ -5,7 +5,7 @@
 - depthwise 3x3 + bias + ReLU (the separable convs' first half): our Triton kernel over a grid of
   tilings, against cuDNN (`F.conv2d` + ReLU, and `cudnn_convolution_relu`), at the ASPP's shapes
   (2048 channels at 1/8 resolution, dilation 12/24/36) and the decoder's (560 and 512 channels at
-  1/4 resolution, dilation 1);
+  1/4 resolution, dilation 1), beside a copy of the same bytes (`x.clone()`: the bandwidth ceiling);
 - the stem's 3x3 / stride 2 max pool: PyTorch (writes int64 indices too) against `max_pool3x3s2`;
 - the ASPP's four 1x1 convs (2048 -> 512, + bias + ReLU) and their concat: four cuDNN calls +
   `torch.cat`, against four GEMMs with a bias + ReLU epilogue written straight into column slices
