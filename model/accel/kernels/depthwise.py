@@ -37,9 +37,10 @@ if triton is not None:
         the rows DIL at a time loads each input row once (ROWS + 2 loads for ROWS rows, instead
         of 3 per row) and keeps two partial sums: the row above's and this row's. The next input
         row's loads are issued before this row's store, so they are in flight while it is written
-        (10-17% faster at R-50-D8's shapes but the shortest walk, bench/RESULTS.md). With SUMS, the program also writes the sum of the input over its own
-        output pixels (one row of `sums` per program and image), from which the image pool's mean
-        follows without another pass."""
+        (9-17% faster at R-50-D8's shapes, all but dilation 36's 4-row walk: bench/RESULTS.md).
+        With SUMS, the program also writes the sum of the input over its own output pixels (one
+        row of `sums` per program and image), from which the image pool's mean follows without
+        another pass."""
         x_tiles, c_tiles = tl.cdiv(W, BLOCK_X), tl.cdiv(C, BLOCK_C)
         pid = tl.program_id(0)  # neighbouring programs: neighbouring channels of the same pixels
         c_tile, x_tile, group = pid % c_tiles, (pid // c_tiles) % x_tiles, pid // (c_tiles * x_tiles)
