@@ -21,3 +21,26 @@ def camvid_dir() -> Path:
     if not (CAMVID / "images" / "val").is_dir():
         pytest.skip(f"CamVid sample not found at {CAMVID} (set CAMVID_DIR)")
     return CAMVID
+
+
+def _interpreter_bool_masks() -> None:
+    """Triton 3.9's interpreter labels a comparison's result with its operands' integer type, so
+    a comparison of scalars splatted over a block (a row test & a column test, as the kernels' masks
+    are) becomes an integer mask, which its load and store reject ("mask has unsupported dtype").
+    The compiled kernels are unaffected; under the interpreter, masks are made boolean again."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    load, store = builder.create_masked_load, builder.create_masked_store
+
+    def masked_load(self, ptrs, mask, other, cache_policy, is_volatile):
+        return load(self, ptrs, interpreter.TensorHandle(mask.data.astype(bool), mask.dtype), other, cache_policy, is_volatile)
+
+    def masked_store(self, ptrs, value, mask, cache_policy):
+        return store(self, ptrs, value, interpreter.TensorHandle(mask.data.astype(bool), mask.dtype), cache_policy)
+
+    builder.create_masked_load, builder.create_masked_store = masked_load, masked_store
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _interpreter_bool_masks()

@@ -1,6 +1,6 @@
 """Each kernel against an independent reference written here from plain PyTorch ops or numpy (shift
 and add, not conv; explicit bilinear weights, not F.interpolate): the CPU paths on any machine,
-the Triton paths on a CUDA GPU (skipped without one)."""
+the Triton paths on a CUDA GPU, or on the CPU under Triton's interpreter (skipped otherwise)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,13 @@ from model.accel.kernels import (
     triton,
     upsample_argmax,
 )
+from model.accel.kernels.common import INTERPRETED
 
+#: where the Triton tests run: the GPU, or the CPU under Triton's interpreter (tests/test_kernels_interpreted.py)
+KERNEL_DEVICE = "cpu" if INTERPRETED else "cuda"
 needs_gpu = pytest.mark.skipif(
-    triton is None or not torch.cuda.is_available(), reason="needs a CUDA GPU and Triton (run on the GPU box)"
+    triton is None or not (torch.cuda.is_available() or INTERPRETED),
+    reason="needs a CUDA GPU and Triton (run on the GPU box), or Triton's interpreter (tests/test_kernels_interpreted.py)",
 )
 MEAN, STD = torch.tensor([123.675, 116.28, 103.53]), torch.tensor([58.395, 57.12, 57.375])
 
@@ -115,7 +119,7 @@ def test_upsample_argmax_cpu_path(align_corners):
 @pytest.mark.parametrize("classes", [19, 150, 6])
 def test_triton_upsample_argmax(align_corners, layout, classes):
     """Class counts: Cityscapes, ADE20K and a few classes."""
-    logits = torch.randn(2, classes, 64, 96, device="cuda")
+    logits = torch.randn(2, classes, 64, 96, device=KERNEL_DEVICE)
     if layout == "channels_last":
         logits = logits.contiguous(memory_format=torch.channels_last)
     labels = upsample_argmax(logits, (257, 381), align_corners)
@@ -141,8 +145,8 @@ def test_depthwise_cpu_path(dilation):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_triton_depthwise(dilation, dtype):
     """Odd sizes and a channel count that is no multiple of the block, so every mask is exercised."""
-    x = channels_last(2, 200, 45, 77, device="cuda", dtype=dtype)
-    weight, bias = torch.randn(200, 1, 3, 3, device="cuda", dtype=dtype), torch.randn(200, device="cuda", dtype=dtype)
+    x = channels_last(2, 200, 45, 77, device=KERNEL_DEVICE, dtype=dtype)
+    weight, bias = torch.randn(200, 1, 3, 3, device=KERNEL_DEVICE, dtype=dtype), torch.randn(200, device=KERNEL_DEVICE, dtype=dtype)
     got = depthwise3x3_relu(x, weight, bias, dilation)
     expected = depthwise_shift_add(x, weight, bias, dilation)
     assert got.is_contiguous(memory_format=torch.channels_last)
@@ -171,7 +175,7 @@ def test_resize_concat_cpu_path(align_corners):
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_triton_resize_concat(align_corners):
     """Channel count no multiple of the block; output size no multiple of the input's."""
-    x, skip = channels_last(2, 200, 33, 65, device="cuda"), channels_last(2, 48, 129, 257, device="cuda")
+    x, skip = channels_last(2, 200, 33, 65, device=KERNEL_DEVICE), channels_last(2, 48, 129, 257, device=KERNEL_DEVICE)
     expected = np.concatenate([bilinear(x, (129, 257), align_corners), skip.double().cpu().numpy()], axis=1)
     got = resize_concat(x, skip, align_corners)
     assert got.is_contiguous(memory_format=torch.channels_last)
@@ -190,7 +194,7 @@ def test_concat_cpu_path():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_triton_concat(dtype):
     """Channel counts under, at and over the block, and not multiples of 8."""
-    tensors = [channels_last(2, c, 33, 65, device="cuda", dtype=dtype) for c in (12, 128, 300, 5)]
+    tensors = [channels_last(2, c, 33, 65, device=KERNEL_DEVICE, dtype=dtype) for c in (12, 128, 300, 5)]
     got = concat_channels(tensors)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert np.array_equal(got.cpu().numpy(), np.concatenate([t.cpu().numpy() for t in tensors], axis=1))
@@ -221,7 +225,7 @@ def test_spread_borders_copies_first_middle_last_rows_and_columns():
 @needs_gpu
 @pytest.mark.parametrize("size", [(45, 77), (1, 9), (2, 1)])
 def test_triton_spread_borders(size):
-    small = torch.randn(2, 200, min(size[0], 3), min(size[1], 3), device="cuda", dtype=torch.float16)
+    small = torch.randn(2, 200, min(size[0], 3), min(size[1], 3), device=KERNEL_DEVICE, dtype=torch.float16)
     got = spread_borders(small, size)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got, gather_borders(small, size))
@@ -241,7 +245,7 @@ def test_max_pool_cpu_path(shape):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_triton_max_pool(shape, dtype):
     """Odd and tiny sizes (windows cut by the padding on every side), channels no multiple of the block."""
-    x = channels_last(*shape, device="cuda", dtype=dtype)
+    x = channels_last(*shape, device=KERNEL_DEVICE, dtype=dtype)
     got = max_pool3x3s2(x)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got, max_of_windows(x))
@@ -265,7 +269,9 @@ def test_normalize_cpu_path(dtype, channels):
 @pytest.mark.parametrize("channels", [3, 8])
 @pytest.mark.parametrize("shape", [(2, 37, 51), (1, 1, 1), (3, 64, 96)])
 def test_triton_normalize(dtype, channels, shape):
-    pixels = torch.randint(0, 256, (*shape, 3), dtype=torch.uint8, device="cuda")
-    got = normalize_pixels(pixels, MEAN.cuda(), STD.cuda(), dtype, channels)
+    if INTERPRETED and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter rounds float32 to bfloat16 by truncation, the GPU to nearest even")
+    pixels = torch.randint(0, 256, (*shape, 3), dtype=torch.uint8, device=KERNEL_DEVICE)
+    got = normalize_pixels(pixels, MEAN.to(KERNEL_DEVICE), STD.to(KERNEL_DEVICE), dtype, channels)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got.cpu(), normalized_numpy(pixels, channels).to(dtype))  # IEEE division (div_rn): exact

@@ -1,4 +1,5 @@
-"""Triton kernels of the inference path; without Triton or a CUDA tensor each falls back to PyTorch.
+"""Triton kernels of the inference path; without Triton or a CUDA tensor each falls back to PyTorch
+(under Triton's interpreter, ``TRITON_INTERPRET=1``, CPU tensors take the kernels too, slowly).
 
 Each saves a pass over a large tensor that PyTorch would make (timings: bench/RESULTS.md):
 - `upsample_argmax`: bilinear upsample + argmax in one pass. Serving needs only the label of each
@@ -14,7 +15,8 @@ Each saves a pass over a large tensor that PyTorch would make (timings: bench/RE
 - `normalize_pixels`: uint8 RGB -> normalised network input, zero-padded to more channels, in
   one pass (PyTorch: four passes over float32, then cuDNN's own pass padding 3 channels to 8).
 Each `*_reference` is the PyTorch path; `tests/test_kernels.py` checks both paths against
-independent plain-PyTorch computations.
+independent plain-PyTorch computations, the kernels on a GPU or, in CI, under Triton's interpreter
+(`tests/test_kernels_interpreted.py`).
 """
 
 from .borders import spread_borders, spread_borders_reference

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import tl, triton
+from .common import on_kernel_device, tl, triton
 
 if triton is not None:
 
@@ -53,7 +53,7 @@ def spread_borders(small: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     take small's first, last and middle row (and likewise columns): the result of a 3x3 conv
     (padding 1) over a constant map, spread from its value on a 3 x 3 map. On CUDA one Triton
     pass writing channels-last (PyTorch's broadcast copy into the 9 regions is slower: bench/RESULTS.md)."""
-    if triton is None or not small.is_cuda:
+    if not on_kernel_device(small):
         return spread_borders_reference(small, size)
     n, c = small.shape[:2]
     h, w = size

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ...heads import resize
-from .common import _on_triton, tl, triton
+from .common import _on_triton, on_kernel_device, tl, triton
 
 
 def upsample_argmax_reference(logits: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
@@ -63,7 +63,7 @@ def _scale(size_in: int, size_out: int, align_corners: bool) -> float:
 
 def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
     """N x C x h x w logits -> N x H x W uint8 labels of the bilinearly resized logits."""
-    if triton is None or not logits.is_cuda or logits.shape[1] > 255:
+    if not on_kernel_device(logits) or logits.shape[1] > 255:
         return upsample_argmax_reference(logits, size, align_corners)
     n, c, h_in, w_in = logits.shape
     h_out, w_out = size

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ...pipeline.normalize import normalize_pixels_reference
-from .common import _on_triton, tl, triton
+from .common import _on_triton, on_kernel_device, tl, triton
 
 
 def max_pool3x3s2_reference(x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,7 @@ def normalize_pixels(
     mean) / std``, then zeros up to ``channels``. On CUDA one Triton pass (1 byte per channel in,
     only the output written); cuDNN's fp16 convs want a multiple of 8 input channels and pad
     a 3-channel input in a pass of their own."""
-    if triton is None or not pixels.is_cuda or not pixels.is_contiguous():
+    if not on_kernel_device(pixels) or not pixels.is_contiguous():
         return normalize_pixels_reference(pixels, mean, std, dtype, channels)
     n, h, w, c_in = pixels.shape
     out = torch.empty((n, channels, h, w), dtype=dtype, device=pixels.device, memory_format=torch.channels_last)
