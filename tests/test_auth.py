@@ -92,9 +92,19 @@ def test_exempt_paths_need_no_key(server):
 
 def test_access_log_names_the_key_never_the_key_itself(server, keys, caplog):
     caplog.set_level(logging.INFO, logger="service.access")
-    logged = threading.Event()  # the access line is written just after the response is sent
+    # The access line is written just after the response is sent. This handler keeps the records it
+    # sees and then sets the event: caplog's handler, on the root logger, gets each record only after
+    # the logger's own handlers, so waking on an event and then reading caplog would race it.
+    seen: list[logging.LogRecord] = []
+    logged = threading.Event()
     handler = logging.Handler()
-    handler.emit = lambda r: getattr(r, "path", "") == "/v1/models" and logged.set()
+
+    def emit(record: logging.LogRecord) -> None:
+        seen.append(record)
+        if getattr(record, "path", "") == "/v1/models":
+            logged.set()
+
+    handler.emit = emit
     logging.getLogger("service.access").addHandler(handler)
     try:
         key = keys["bob"][0]
@@ -102,9 +112,9 @@ def test_access_log_names_the_key_never_the_key_itself(server, keys, caplog):
         assert logged.wait(30), "no access log line for the request"
     finally:
         logging.getLogger("service.access").removeHandler(handler)
-    (record,) = [r for r in caplog.records if r.name == "service.access" and getattr(r, "path", "") == "/v1/models"]
+    (record,) = [r for r in seen if getattr(r, "path", "") == "/v1/models"]
     assert record.api_key == "bob"
-    assert all(key not in r.getMessage() and key not in str(vars(r)) for r in caplog.records)
+    assert all(key not in r.getMessage() and key not in str(vars(r)) for r in [*seen, *caplog.records])
 
 
 def test_openapi_declares_the_key_schemes(server, keys):

@@ -1,9 +1,11 @@
 """tests/test_kernels.py's Triton tests on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``):
 the kernels' own indexing, masks and row walks, checked on every CI run, which has no GPU (the GPU
-box runs the same tests compiled). A subprocess, because the interpreter is chosen when the kernels
-are decorated, at import; `.ci/run` installs the Triton it needs (tests/conftest.py works around that
-version's interpreter). The interpreter runs each program in numpy, so the upsample + argmax kernel,
-the slowest there, runs its two smaller class counts only."""
+box runs the same tests compiled); and the built-in model's fast network against the reference with
+those kernels in it (tests/test_fast.py's channels-last case), which checks how the head wires them.
+A subprocess, because the interpreter is chosen when the kernels are decorated, at import;
+`.ci/run` installs the Triton it needs (tests/conftest.py works around that version's
+interpreter). The interpreter runs each program in numpy, so the upsample + argmax kernel, the
+slowest there, runs its two smaller class counts only, and the fast network the built-in only."""
 
 from __future__ import annotations
 
@@ -17,17 +19,17 @@ import pytest
 
 pytest.importorskip("triton", reason="Triton is not installed (.ci/run installs it for this test)")
 
-SELECTION = "triton and not (upsample and 150)"
-# every Triton test of that selection but the bfloat16 normalize cases, which the interpreter's
-# rounding skips: the count fails this test when a Triton test is skipped or no longer selected
-EXPECTED_PASSED = 39
+SELECTION = "(triton and not (upsample and 150)) or (optimized_network_equals_original and True and camvid)"
+# every test of that selection but the bfloat16 normalize cases, which the interpreter's rounding
+# skips: the count fails this test when a selected test is skipped or no longer selected
+EXPECTED_PASSED = 40
 
 
 def test_the_triton_kernels_pass_their_tests_under_the_interpreter():
-    tests = Path(__file__).with_name("test_kernels.py")
+    tests = [str(Path(__file__).with_name(name)) for name in ("test_kernels.py", "test_fast.py")]
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests), "-k", SELECTION],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, "-k", SELECTION],
         env=env, capture_output=True, text=True, timeout=3000,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
