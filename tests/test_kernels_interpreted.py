@@ -16,8 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("triton", reason="Triton is not installed (.ci/run installs it for this test)")
+pytestmark = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="a GPU is here: tests/test_kernels.py runs the compiled kernels on it"
+)
 
 SELECTION = "(triton and not (upsample and 150)) or (optimized_network_equals_original and True and camvid)"
 # every test of that selection but the bfloat16 normalize cases, which the interpreter's rounding
