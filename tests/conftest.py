@@ -33,11 +33,14 @@ def _interpreter_bool_masks() -> None:
     builder = interpreter.InterpreterBuilder
     load, store = builder.create_masked_load, builder.create_masked_store
 
+    def boolean(mask):
+        return interpreter.TensorHandle(mask.data.astype(bool), mask.dtype)
+
     def masked_load(self, ptrs, mask, other, cache_policy, is_volatile):
-        return load(self, ptrs, interpreter.TensorHandle(mask.data.astype(bool), mask.dtype), other, cache_policy, is_volatile)
+        return load(self, ptrs, boolean(mask), other, cache_policy, is_volatile)
 
     def masked_store(self, ptrs, value, mask, cache_policy):
-        return store(self, ptrs, value, interpreter.TensorHandle(mask.data.astype(bool), mask.dtype), cache_policy)
+        return store(self, ptrs, value, boolean(mask), cache_policy)
 
     builder.create_masked_load, builder.create_masked_store = masked_load, masked_store
 

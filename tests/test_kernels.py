@@ -24,7 +24,7 @@ from model.accel.kernels.common import INTERPRETED
 
 #: where the Triton tests run: the GPU, or the CPU under Triton's interpreter (tests/test_kernels_interpreted.py)
 KERNEL_DEVICE = "cpu" if INTERPRETED else "cuda"
-needs_gpu = pytest.mark.skipif(
+needs_kernel_device = pytest.mark.skipif(
     triton is None or not (torch.cuda.is_available() or INTERPRETED),
     reason="needs a CUDA GPU and Triton (run on the GPU box), or Triton's interpreter (tests/test_kernels_interpreted.py)",
 )
@@ -113,7 +113,7 @@ def test_upsample_argmax_cpu_path(align_corners):
     assert_labels_are_argmax(labels, bilinear(logits, (36, 53), align_corners), tol=1e-5)
 
 
-@needs_gpu
+@needs_kernel_device
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("classes", [19, 150, 6])
@@ -140,7 +140,7 @@ def test_depthwise_cpu_path(dilation):
     assert torch.allclose(mean.double(), x.double().mean(dim=(2, 3)), rtol=1e-5, atol=1e-6)
 
 
-@needs_gpu
+@needs_kernel_device
 @pytest.mark.parametrize("dilation", [1, 12, 36])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_triton_depthwise(dilation, dtype):
@@ -171,7 +171,7 @@ def test_resize_concat_cpu_path(align_corners):
     assert not padded[:, 8:].any()
 
 
-@needs_gpu
+@needs_kernel_device
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_triton_resize_concat(align_corners):
     """Channel count no multiple of the block; output size no multiple of the input's."""
@@ -190,7 +190,7 @@ def test_concat_cpu_path():
     assert np.array_equal(concat_channels(tensors).numpy(), np.concatenate([t.numpy() for t in tensors], axis=1))
 
 
-@needs_gpu
+@needs_kernel_device
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_triton_concat(dtype):
     """Channel counts under, at and over the block, and not multiples of 8."""
@@ -222,7 +222,7 @@ def test_spread_borders_copies_first_middle_last_rows_and_columns():
     assert torch.equal(out[0, 1], torch.tensor(expected).float())
 
 
-@needs_gpu
+@needs_kernel_device
 @pytest.mark.parametrize("size", [(45, 77), (1, 9), (2, 1)])
 def test_triton_spread_borders(size):
     small = torch.randn(2, 200, min(size[0], 3), min(size[1], 3), device=KERNEL_DEVICE, dtype=torch.float16)
@@ -240,7 +240,7 @@ def test_max_pool_cpu_path(shape):
     assert torch.equal(max_pool3x3s2(x), max_of_windows(x))
 
 
-@needs_gpu
+@needs_kernel_device
 @pytest.mark.parametrize("shape", [(2, 64, 45, 77), (1, 200, 2, 1), (3, 8, 1, 5)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_triton_max_pool(shape, dtype):
@@ -264,7 +264,7 @@ def test_normalize_cpu_path(dtype, channels):
     assert torch.equal(out, normalized_numpy(pixels, channels).to(dtype))  # IEEE float32 ops: exact
 
 
-@needs_gpu
+@needs_kernel_device
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channels", [3, 8])
 @pytest.mark.parametrize("shape", [(2, 37, 51), (1, 1, 1), (3, 64, 96)])
