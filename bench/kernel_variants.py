@@ -1,14 +1,11 @@
 """Candidate versions of the inference kernels at R-50-D8's shapes (1024x2048 input), timed in one run.
 
-    python -m bench.kernel_variants [--batch 8] [--parts head maxpool aspp1x1 depthwise asppdw fp8conv] [--out FILE]
+    python -m bench.kernel_variants [--batch 8] [--parts head maxpool aspp1x1 depthwise fp8conv] [--out FILE]
 
 - depthwise 3x3 + bias + ReLU (the separable convs' first half): our Triton kernel over a grid of
   tilings, against cuDNN (`F.conv2d` + ReLU, and `cudnn_convolution_relu`), at the ASPP's shapes
   (2048 channels at 1/8 resolution, dilation 12/24/36) and the decoder's (560 and 512 channels at
   1/4 resolution, dilation 1), beside a copy of the same bytes (`x.clone()`: the bandwidth ceiling);
-- the ASPP's three depthwise convs (dilations 12, 24, 36 of one 2048-channel input): three passes
-  of that kernel at their shipped tilings, against the one-pass `aspp_depthwise3x3_relu` (which
-  also takes the image pool's mean) over a grid of tilings; compulsory bytes: one read, three writes;
 - the stem's 3x3 / stride 2 max pool: PyTorch (writes int64 indices too) against `max_pool3x3s2`;
 - the ASPP's four 1x1 convs (2048 -> 512, + bias + ReLU) and their concat: four cuDNN calls +
   `torch.cat`, against four GEMMs with a bias + ReLU epilogue written straight into column slices
@@ -46,13 +43,6 @@ TILINGS = [  # (BLOCK_X, BLOCK_C, ROWS, num_warps); shipped in turn: the first, 
     # one row group per residue at 1024x2048's H = 128: ROWS = ceil(128 / dilation) = 11, 6, 4
     (64, 64, 11, 4), (32, 64, 11, 4), (64, 64, 6, 4), (32, 64, 6, 4), (64, 32, 11, 4), (32, 128, 6, 8),
     (64, 64, 16, 8), (16, 64, 11, 2), (32, 128, 11, 8),
-]  # fmt: skip
-ASPP_TILINGS = [  # (BLOCK_X, BLOCK_C, ROWS, num_warps) of the fused ASPP pass; ROWS 11: one row group per residue
-    (32, 64, 11, 8), (32, 64, 11, 4), (16, 64, 11, 4), (16, 64, 11, 2), (32, 32, 11, 4), (64, 32, 11, 8),
-    (16, 128, 11, 8), (32, 128, 11, 8), (32, 64, 6, 8), (16, 64, 6, 4), (32, 64, 4, 8),
-    # 2-4 values per thread per tensor: the walk keeps 26 of them live, so smaller tiles spill less
-    (16, 32, 11, 8), (32, 32, 11, 8), (16, 64, 11, 8), (16, 32, 11, 4), (8, 64, 11, 4), (16, 16, 11, 4),
-    (16, 16, 11, 8), (8, 32, 11, 4), (8, 16, 11, 4), (16, 16, 6, 4), (16, 16, 11, 2), (32, 16, 11, 4),
 ]  # fmt: skip
 
 
@@ -93,29 +83,6 @@ def depthwise(batch: int, table: list) -> None:
         for name, fn in candidates.items():
             err = (fn().float() - (x.float() if name.startswith("copy") else ref)).abs().max().item()
             row(table, "depthwise", shape, name, bench_ms(fn), nbytes, err)
-
-
-def aspp_depthwise(batch: int, table: list) -> None:
-    half = {"device": "cuda", "dtype": torch.float16}
-    x = torch.randn(batch, 2048, 128, 256, **half).contiguous(memory_format=torch.channels_last)
-    weight, bias = torch.randn(3, 2048, 9, **half) / 3, torch.randn(3, 2048, **half)
-    taps = weight.view(3, 2048, 1, 3, 3)
-    refs = [kernels.depthwise3x3_reference(x.float(), taps[k].float(), bias[k].float(), 12 * (k + 1)) for k in range(3)]
-    shape, nbytes = f"{batch}x2048x128x256 d12,24,36", 4 * x.numel() * 2
-
-    def error(outs: list[torch.Tensor]) -> float:
-        return max((out.float() - ref).abs().max().item() for out, ref in zip(outs, refs))
-
-    def three_passes() -> list[torch.Tensor]:
-        return [kernels.depthwise3x3_relu(x, taps[k], bias[k], 12 * (k + 1)) for k in range(3)]
-
-    row(table, "asppdw", shape, "three passes, shipped tilings", bench_ms(three_passes), nbytes, error(three_passes()))
-    row(table, "asppdw", shape, "copy (x.clone(), half the bytes)", bench_ms(lambda: x.clone()), nbytes // 2, 0.0)
-    for t in ASPP_TILINGS:
-        fn = functools.partial(kernels.aspp_depthwise3x3_relu, x, weight, bias, 12, t)
-        outs, mean = fn()
-        err = max(error(outs), (mean - x.float().mean(dim=(2, 3))).abs().max().item())
-        row(table, "asppdw", shape, "fused " + "x".join(map(str, t)), bench_ms(fn), nbytes, err)
 
 
 def max_pool(batch: int, table: list) -> None:
@@ -232,8 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--out", type=Path)
-    parts = {"head": head_passes, "maxpool": max_pool, "aspp1x1": aspp_pointwise, "depthwise": depthwise,
-             "asppdw": aspp_depthwise, "fp8conv": fp8_convs}  # fmt: skip
+    parts = {"head": head_passes, "maxpool": max_pool, "aspp1x1": aspp_pointwise, "depthwise": depthwise, "fp8conv": fp8_convs}
     p.add_argument("--parts", nargs="+", choices=list(parts), default=list(parts))
     args = p.parse_args(argv)
     torch.backends.cudnn.benchmark = True

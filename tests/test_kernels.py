@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from model.accel.kernels import (
-    aspp_depthwise3x3_relu,
     concat_channels,
     depthwise3x3_relu,
+    depthwise3x3_relu_and_mean,
     max_pool3x3s2,
     normalize_pixels,
     resize_concat,
@@ -134,23 +134,10 @@ def test_depthwise_cpu_path(dilation):
     x, weight, bias = torch.randn(2, 6, 11, 17), torch.randn(6, 1, 3, 3), torch.randn(6)
     expected = depthwise_shift_add(x, weight, bias, dilation)
     assert torch.allclose(depthwise3x3_relu(x, weight, bias, dilation).double(), expected, rtol=1e-5, atol=1e-5)
-
-
-def assert_aspp_depthwise(x, weight, bias, dilation, tol, layout, tiling=None):
-    """Each of the three outputs is its own dilation's shift-and-add; the mean is x's."""
-    outs, mean = aspp_depthwise3x3_relu(x, weight, bias, dilation, tiling)
-    assert len(outs) == 3
-    for k, out in enumerate(outs):
-        assert out.shape == x.shape and out.is_contiguous(memory_format=layout)
-        expected = depthwise_shift_add(x, weight[k].view(-1, 1, 3, 3), bias[k], dilation * (k + 1))
-        assert torch.allclose(out.double().cpu(), expected, atol=tol, rtol=tol), f"dilation {dilation * (k + 1)}"
-    assert mean.dtype == torch.float32 and mean.shape == x.shape[:2]
-    assert torch.allclose(mean.double().cpu(), x.double().cpu().mean(dim=(2, 3)), atol=1e-5, rtol=1e-4)
-
-
-def test_aspp_depthwise_cpu_path():
-    x, weight, bias = torch.randn(2, 6, 11, 17), torch.randn(3, 6, 9), torch.randn(3, 6)
-    assert_aspp_depthwise(x, weight, bias, 2, 1e-5, torch.contiguous_format)
+    out, mean = depthwise3x3_relu_and_mean(x, weight, bias, dilation)
+    assert torch.allclose(out.double(), expected, rtol=1e-5, atol=1e-5)
+    assert mean.dtype == torch.float32 and mean.shape == (2, 6)
+    assert torch.allclose(mean.double(), x.double().mean(dim=(2, 3)), rtol=1e-5, atol=1e-6)
 
 
 @needs_kernel_device
@@ -165,21 +152,10 @@ def test_triton_depthwise(dilation, dtype):
     assert got.is_contiguous(memory_format=torch.channels_last)
     tol = 1e-2 if dtype == torch.float16 else 1e-4  # fp16: the output's own rounding
     assert torch.allclose(got.double().cpu(), expected, atol=tol, rtol=tol)
-
-
-@needs_kernel_device
-@pytest.mark.parametrize(("dilation", "rows"), [(12, None), (6, None), (4, 2)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_triton_aspp_depthwise(dilation, rows, dtype):
-    """mmseg's dilations (12, 24, 36: one row group per residue class of a 45-row map; 6, 12, 18)
-    and a walk of 2 rows, so that row groups start inside the image and their first three input
-    rows are real rows; odd sizes and 72 channels (a block and a part) exercise every mask."""
-    x = channels_last(2, 72, 45, 77, device=KERNEL_DEVICE, dtype=dtype)
-    weight = torch.randn(3, 72, 9, device=KERNEL_DEVICE, dtype=dtype)
-    bias = torch.randn(3, 72, device=KERNEL_DEVICE, dtype=dtype)
-    tiling = None if rows is None else (32, 64, rows, 4)
-    tol = 1e-2 if dtype == torch.float16 else 1e-4  # fp16: the output's own rounding
-    assert_aspp_depthwise(x, weight, bias, dilation, tol, torch.channels_last, tiling)
+    with_mean, mean = depthwise3x3_relu_and_mean(x, weight, bias, dilation)
+    assert torch.equal(with_mean, got)
+    assert mean.shape == (2, 200)
+    assert torch.allclose(mean.double().cpu(), x.double().cpu().mean(dim=(2, 3)), atol=1e-5, rtol=1e-4)
 
 
 # --- resize + concat, concat

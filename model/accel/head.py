@@ -8,9 +8,7 @@ from torch import nn
 
 from ..heads import ConvModule, DepthwiseSeparableASPPHead, DepthwiseSeparableConvModule
 from .kernels import concat_channels, resize_concat, spread_borders
-from .layers import (
-    Fp8Conv3x3, FusedAsppDepthwise, FusedConv, FusedDepthwise, FusedSeparable, expect_type, fold_conv_bn, geometry, round_up,
-)  # fmt: skip
+from .layers import Fp8Conv3x3, FusedConv, FusedSeparable, expect_type, fold_conv_bn, geometry, round_up
 
 
 def _constant_map_conv(value: torch.Tensor, weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -28,15 +26,21 @@ def _spread_like(small: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return out.contiguous()
 
 
+def _fast_branch(branch: nn.Module) -> FusedConv | FusedSeparable:
+    if isinstance(branch, ConvModule):
+        return FusedConv.from_conv_module(branch)
+    return FusedSeparable(branch)
+
+
 class FastASPPHead(nn.Module):
     """A `DepthwiseSeparableASPPHead`'s function (eval mode: no dropout), BN folded, in fewer passes.
 
     The image-pool branch is one value per image and channel, broadcast over the map; its share of
     the 3x3 bottleneck conv (the first `channels` of its inputs, `pool_weight`) is computed on a
     3 x 3 map by `_constant_map_conv` and enters the bottleneck as its residual, so the broadcast
-    map is never built or concatenated. The three separable branches' depthwise convs are one
-    pass over their common input (`FusedAsppDepthwise`), which also takes the image pool's mean.
-    The ASPP's concat runs at memory speed (`concat_channels`), the decoder's resize + concat is one
+    map is never built or concatenated; its mean over the map comes out of the first separable
+    branch's depthwise pass (`depthwise3x3_relu_and_mean`), which reads the same input. The
+    ASPP's concat runs at memory speed (`concat_channels`), the decoder's resize + concat is one
     pass (`resize_concat`), padded with zero channels to `concat_channels`, a multiple of 8."""
 
     def __init__(self, head: DepthwiseSeparableASPPHead):
@@ -46,13 +50,9 @@ class FastASPPHead(nn.Module):
         mean, conv = head.image_pool
         expect_type(mean, nn.AdaptiveAvgPool2d, "image pool's mean")  # taken by the depthwise pass: see forward
         self.image_pool = FusedConv.from_conv_module(conv)
-        one_by_one, *separable = head.aspp_modules
-        expect_type(one_by_one, ConvModule, "ASPP's 1x1 branch")
-        for m in separable:
-            expect_type(m, DepthwiseSeparableConvModule, "ASPP's separable branch")
-        self.aspp_1x1 = FusedConv.from_conv_module(one_by_one)
-        self.aspp_depthwise = FusedAsppDepthwise([FusedDepthwise(m.depthwise_conv) for m in separable])
-        self.aspp_pointwise = nn.ModuleList(FusedConv.from_conv_module(m.pointwise_conv) for m in separable)
+        self.aspp_modules = nn.ModuleList(_fast_branch(m) for m in head.aspp_modules)
+        if not any(isinstance(m, DepthwiseSeparableConvModule) for m in head.aspp_modules):
+            raise ValueError("the image pool's mean comes from a separable ASPP branch; this head has none")
         conv = head.bottleneck.conv
         weight, bias = fold_conv_bn(conv, head.bottleneck.bn)
         pool_channels = self.image_pool.weight.shape[0]
@@ -66,9 +66,15 @@ class FastASPPHead(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[3]
-        depthwise, mean = self.aspp_depthwise(x)
-        pool_value = self.image_pool(mean.to(x.dtype)[:, :, None, None])
-        branches = [self.aspp_1x1(x)] + [conv(d) for conv, d in zip(self.aspp_pointwise, depthwise)]
+        branches, pool_value = [], None
+        for m in self.aspp_modules:
+            if pool_value is None and isinstance(m, FusedSeparable):
+                # the first separable branch's depthwise pass also averages x for the image pool
+                depthwise, mean = m.depthwise.with_mean(x)
+                pool_value = self.image_pool(mean.to(x.dtype)[:, :, None, None])
+                branches.append(m.pointwise(depthwise))
+            else:
+                branches.append(m(x))
         pool = _constant_map_conv(pool_value, self.pool_weight, x.shape[2:])
         if isinstance(self.bottleneck, Fp8Conv3x3):  # takes the branches and the 3 x 3 map as they are
             out = self.bottleneck(branches, residual=pool)

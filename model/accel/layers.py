@@ -4,8 +4,7 @@
   (`torch.cudnn_convolution_relu` / `cudnn_convolution_add_relu`); after BN folding PyTorch would
   otherwise add the bias, the residual and the ReLU as three more passes over each activation.
 - `FusedDepthwise`: a separable conv's depthwise 3x3 (+ bias + ReLU) as one Triton pass
-  (`model.accel.kernels.depthwise3x3_relu`); `FusedSeparable`: that, then the pointwise `FusedConv`;
-  `FusedAsppDepthwise`: the ASPP's three depthwise convs in one pass (`aspp_depthwise3x3_relu`).
+  (`model.accel.kernels.depthwise3x3_relu`); `FusedSeparable`: that, then the pointwise `FusedConv`.
 - `StemMaxPool`: the stem's max pool without PyTorch's int64 indices (`model.accel.kernels.max_pool3x3s2`).
 - `Fp8Conv3x3`: a `FusedConv` with e4m3 weights and inputs (`model.accel.fp8`), for `use_fp8`.
 Channel padding: cuDNN's fp16 tensor-core convs take input channels in multiples of 8 and pad
@@ -23,7 +22,7 @@ from torch.nn.modules.utils import _pair
 
 from ..heads import ConvModule, DepthwiseSeparableConvModule
 from .fp8 import conv3x3_fp8, image_amax, quantize_padded, quantize_weight
-from .kernels import aspp_depthwise3x3_relu, depthwise3x3_relu, max_pool3x3s2
+from .kernels import depthwise3x3_relu, depthwise3x3_relu_and_mean, max_pool3x3s2
 
 CHANNEL_MULTIPLE = 8
 
@@ -134,24 +133,9 @@ class FusedDepthwise(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return depthwise3x3_relu(x, self.weight, self.bias, self.dilation)
 
-
-class FusedAsppDepthwise(nn.Module):
-    """The ASPP's three `FusedDepthwise` (dilations d, 2d, 3d, as mmseg's heads have them) as one
-    pass over their common input, which also averages it for the image pool."""
-
-    def __init__(self, depthwise: list[FusedDepthwise]):
-        super().__init__()
-        dilations = [m.dilation for m in depthwise]
-        if len(dilations) != 3 or dilations != [dilations[0] * k for k in (1, 2, 3)]:
-            raise ValueError(f"the ASPP's fused depthwise pass takes dilations d, 2d, 3d; got {dilations}")
-        self.weight = _frozen(torch.stack([m.weight.flatten(1) for m in depthwise]))  # 3 x C x 9: not 4-D, so
-        # a channels-last conversion of the network leaves it as it is
-        self.bias = _frozen(torch.stack([m.bias for m in depthwise]))
-        self.dilation = dilations[0]
-
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The three branches' outputs, and x's mean per image and channel (N x C float32)."""
-        return aspp_depthwise3x3_relu(x, self.weight, self.bias, self.dilation)
+    def with_mean(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output, and x's mean per image and channel (N x C float32) from the same pass."""
+        return depthwise3x3_relu_and_mean(x, self.weight, self.bias, self.dilation)
 
 
 class FusedSeparable(nn.Module):

@@ -6,8 +6,7 @@ Each saves a pass over a large tensor that PyTorch would make (timings: bench/RE
   full-resolution pixel; `F.interpolate(...).argmax(1)` writes and re-reads C x H x W logits, the
   kernel reads 1/4-resolution logits and writes 1 byte per pixel.
 - `depthwise3x3_relu`: the separable convs' depthwise 3x3 (+ bias + ReLU), any dilation (cuDNN
-  runs dilated depthwise convs with a slow grouped-direct kernel); `aspp_depthwise3x3_relu`: the
-  ASPP's three of them (dilations d, 2d, 3d) and the image pool's mean in one pass over their input.
+  runs dilated depthwise convs with a slow grouped-direct kernel).
 - `resize_concat`: the decoder's bilinear resize written straight into its concat buffer.
 - `concat_channels`: `torch.cat` along channels of channels-last maps at memory speed.
 - `spread_borders`: a 3x3 map spread over the border/interior regions of a full-size map.
@@ -23,8 +22,8 @@ independent plain-PyTorch computations, the kernels on a GPU or, in CI, under Tr
 from .borders import spread_borders, spread_borders_reference
 from .common import triton
 from .depthwise import (
-    ASPP_BLOCKS, DEPTHWISE_TILING, DILATED_BLOCKS, MAX_ROWS, aspp_depthwise3x3_relu, aspp_tiling, depthwise3x3_reference,
-    depthwise3x3_relu, depthwise_tiling,
+    DEPTHWISE_TILING, DILATED_BLOCKS, MAX_ROWS, depthwise3x3_reference, depthwise3x3_relu, depthwise3x3_relu_and_mean,
+    depthwise_tiling,
 )  # fmt: skip
 from .resize import RESIZE_TILING, concat_channels, resize_concat, upsample_argmax, upsample_argmax_reference
 from .stem import max_pool3x3s2, max_pool3x3s2_reference, normalize_pixels, normalize_pixels_reference
@@ -33,8 +32,8 @@ if triton is not None:  # a Triton helper, for kernels elsewhere (model.accel.fp
     from .borders import border_class  # noqa: F401
 
 __all__ = [
-    "ASPP_BLOCKS", "DEPTHWISE_TILING", "DILATED_BLOCKS", "MAX_ROWS", "RESIZE_TILING", "aspp_depthwise3x3_relu",
-    "aspp_tiling", "concat_channels", "depthwise3x3_reference", "depthwise3x3_relu", "depthwise_tiling",
+    "DEPTHWISE_TILING", "DILATED_BLOCKS", "MAX_ROWS", "RESIZE_TILING", "concat_channels",
+    "depthwise3x3_reference", "depthwise3x3_relu", "depthwise3x3_relu_and_mean", "depthwise_tiling",
     "max_pool3x3s2", "max_pool3x3s2_reference", "normalize_pixels", "normalize_pixels_reference",
     "resize_concat", "spread_borders", "spread_borders_reference", "triton", "upsample_argmax",
     "upsample_argmax_reference",
