@@ -17,20 +17,27 @@ import sys
 from pathlib import Path
 
 from model.training.crossval import final_scores
+from model.training.train import build_parser
 
-COMMON = {"--data", "--work-dir", "--device", "--max-minutes", "--log-interval", "--ckpt-interval", "--val-interval"}
+#: options that do not change what a run learns or how it is scored: paths, logging, checkpoints, time limits
+NO_EFFECT = {
+    "data", "work_dir", "device", "max_minutes", "log_interval", "ckpt_interval", "val_interval", "resume",
+    "portable_state", "keep_ckpts",
+}  # fmt: skip
 
 
 def recipe(argv: list[str]) -> str:
-    """The run's options less those that do not change what it learns (paths, logging, time limits)."""
-    kept, skip = [], False
-    for arg in argv[1:]:
-        if skip:
-            skip = False
-        elif arg in COMMON:
-            skip = True
-        else:
-            kept.append(arg)
+    """The run's options as its own parser read them, less those of `NO_EFFECT` and those left at
+    their defaults: an option given twice (a script's default, then the caller's) counts once,
+    with its last value, as it did for the run."""
+    args = vars(build_parser().parse_args(argv))
+    defaults = vars(build_parser().parse_args([argv[0], "--data", ""]))
+    kept: list[str] = []
+    for dest, value in args.items():
+        if dest == "config" or dest in NO_EFFECT or value == defaults[dest]:
+            continue
+        option = "--" + dest.replace("_", "-")
+        kept += [option] if value is True else [option, *map(str, value if isinstance(value, list) else [value])]
     return shlex.join(kept)
 
 

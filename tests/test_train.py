@@ -250,6 +250,18 @@ def test_cross_validation_scores_the_held_out_group_at_each_test_scale(tree, tmp
     assert refused.value.code == 2
 
 
+def test_a_recipe_is_what_the_run_parsed():
+    """A script's option overridden by its caller counts once, with the caller's value (as argparse
+    read it for the run); paths, time limits, resumes and the portable state are no recipe."""
+    from bench.recipes import recipe
+
+    argv = [DEFAULT_MODEL, "--data", "D", "--train-split", "train+val", "--iters", "32000", "--max-minutes", "9",
+            "--portable-state", "--resume", "--channels-last", "--train-split", "train:!0001TP", "--iters", "7000",
+            "--crop", "48", "64"]  # fmt: skip
+    assert recipe(argv) == "--train-split 'train:!0001TP' --iters 7000 --crop 48 64 --channels-last"
+    assert recipe([DEFAULT_MODEL, "--data", "D", "--lr", "0.01"]) == ""  # the default learning rate
+
+
 def test_recipes_table_scores_each_run_at_its_last_validation(tree, tmp_path, capsys):
     from bench.recipes import main as recipes_main
 

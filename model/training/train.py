@@ -62,7 +62,8 @@ class TrainForward(nn.Module):
         return self.net.forward_train(x)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The training CLI (also how `bench.recipes` reads a run's recorded argv)."""
     ap = argument_parser("python -m model.training.train", __doc__.splitlines()[0])
     ap.add_argument("config", help="config name (see `python -m model list`)")
     ap.add_argument("--data", required=True, help="dataset root (layout detected, see model.training.data.LAYOUTS)")
@@ -100,7 +101,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--val-interval", type=int, default=2000, help="iterations between validations")
     ap.add_argument("--log-interval", type=int, default=50, help="iterations between log lines")
     ap.add_argument("--max-minutes", type=float, default=None, help="save and stop before this much wall time from the run's start, data loading included (checked every --log-interval iterations, one interval ahead)")
-    return ap.parse_args(argv)
+    return ap
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def resolve_config(args: argparse.Namespace) -> ModelConfig:
