@@ -30,11 +30,10 @@ def recipe(argv: list[str]) -> str:
     """The run's options as its own parser read them, less those of `NO_EFFECT` and those left at
     their defaults: an option given twice (a script's default, then the caller's) counts once,
     with its last value, as it did for the run."""
-    args = vars(build_parser().parse_args(argv))
-    defaults = vars(build_parser().parse_args([argv[0], "--data", ""]))
+    parser = build_parser()
     kept: list[str] = []
-    for dest, value in args.items():
-        if dest == "config" or dest in NO_EFFECT or value == defaults[dest]:
+    for dest, value in vars(parser.parse_args(argv)).items():
+        if dest == "config" or dest in NO_EFFECT or value == parser.get_default(dest):
             continue
         option = "--" + dest.replace("_", "-")
         kept += [option] if value is True else [option, *map(str, value if isinstance(value, list) else [value])]
