@@ -85,71 +85,6 @@ def depthwise(batch: int, table: list) -> None:
             row(table, "depthwise", shape, name, bench_ms(fn), nbytes, err)
 
 
-# (BLOCK_X, BLOCK_C, num_warps, STAGES, TMA) of the pipelined loop walk; ROWS as shipped per shape
-LOOP_TILINGS = [
-    (32, 64, 4, 1, False), (32, 64, 4, 2, False), (32, 64, 4, 3, False), (64, 64, 4, 3, False),
-    (32, 64, 4, 1, True), (32, 64, 4, 2, True), (32, 64, 4, 3, True), (32, 64, 4, 4, True),
-    (64, 64, 4, 2, True), (64, 64, 4, 3, True), (64, 64, 8, 3, True), (32, 128, 4, 2, True),
-    (32, 128, 4, 3, True), (16, 64, 2, 3, True), (16, 128, 4, 3, True), (64, 32, 4, 3, True),
-]  # fmt: skip
-
-
-def depthwise_loop(batch: int, table: list) -> None:
-    half = {"device": "cuda", "dtype": torch.float16}
-    for c, h, w, d in [(2048, 128, 256, 12), (2048, 128, 256, 24), (2048, 128, 256, 36), (560, 256, 512, 1), (512, 256, 512, 1)]:
-        x = torch.randn(batch, c, h, w, **half).contiguous(memory_format=torch.channels_last)
-        weight, bias = torch.randn(c, 1, 3, 3, **half) / 3, torch.randn(c, **half)
-        ref = kernels.depthwise3x3_reference(x.float(), weight.float(), bias.float(), d)
-        shape, nbytes = f"{batch}x{c}x{h}x{w} d{d}", 2 * x.numel() * 2
-        shipped = kernels.depthwise.depthwise_tiling(h, d)
-        candidates = {
-            "copy (x.clone(), the bandwidth ceiling)": lambda: x.clone(),
-            "shipped " + "x".join(map(str, shipped)): lambda: kernels.depthwise3x3_relu(x, weight, bias, d),
-        }
-        for bx, bc, warps, stages, tma in LOOP_TILINGS:
-            t = (bx, bc, shipped[2], warps, stages, tma)
-            name = f"loop {bx}x{bc}x{shipped[2]}x{warps} stages {stages}" + (" tma" if tma else "")
-            candidates[name] = lambda t=t: kernels.depthwise3x3_relu(x, weight, bias, d, t)
-        for name, fn in candidates.items():
-            err = (fn().float() - (x.float() if name.startswith("copy") else ref)).abs().max().item()
-            row(table, "depthwise", shape, name, bench_ms(fn), nbytes, err)
-    x = torch.randn(batch, 2048, 128, 256, **half).contiguous(memory_format=torch.channels_last)
-    weight, bias = torch.randn(2048, 1, 3, 3, **half) / 3, torch.randn(2048, **half)
-    fn = functools.partial(kernels.depthwise3x3_relu, weight=weight, bias=bias, dilation=12, tiling=(32, 64, 11, 4, 3, True))
-    fn(x)
-    graph, static_in = torch.cuda.CUDAGraph(), x.clone()
-    with torch.cuda.graph(graph):
-        static_out = fn(static_in)
-    static_in.copy_(torch.randn_like(x))
-    graph.replay()
-    torch.cuda.synchronize()
-    print("tma in a CUDA graph, replayed on new input: max |diff| from eager",
-          (static_out.float() - fn(static_in).float()).abs().max().item(), flush=True)
-
-# (BLOCK_X, BLOCK_C, num_warps), ROWS as shipped per shape: tiles wide in x and narrow in channels,
-# whose left and right taps (x -/+ dilation) overlap more of the tile's own pixels in L1
-WIDE_TILINGS = [
-    (32, 64, 4), (64, 32, 4), (64, 16, 2), (128, 16, 4), (128, 16, 2), (128, 32, 4), (128, 32, 8),
-    (256, 16, 4), (256, 16, 8), (256, 8, 4), (128, 8, 2), (64, 32, 2),
-]  # fmt: skip
-
-
-def depthwise_wide(batch: int, table: list) -> None:
-    half = {"device": "cuda", "dtype": torch.float16}
-    for c, h, w, d in [(2048, 128, 256, 12), (2048, 128, 256, 24), (2048, 128, 256, 36), (560, 256, 512, 1), (512, 256, 512, 1)]:
-        x = torch.randn(batch, c, h, w, **half).contiguous(memory_format=torch.channels_last)
-        weight, bias = torch.randn(c, 1, 3, 3, **half) / 3, torch.randn(c, **half)
-        ref = kernels.depthwise3x3_reference(x.float(), weight.float(), bias.float(), d)
-        shape, nbytes = f"{batch}x{c}x{h}x{w} d{d}", 2 * x.numel() * 2
-        rows = kernels.depthwise.depthwise_tiling(h, d)[2]
-        candidates = {"copy (x.clone(), the bandwidth ceiling)": lambda: x.clone()}
-        for bx, bc, warps in WIDE_TILINGS:
-            t = (bx, bc, rows, warps)
-            candidates["triton " + "x".join(map(str, t))] = lambda t=t: kernels.depthwise3x3_relu(x, weight, bias, d, t)
-        for name, fn in candidates.items():
-            err = (fn().float() - (x.float() if name.startswith("copy") else ref)).abs().max().item()
-            row(table, "depthwise", shape, name, bench_ms(fn), nbytes, err)
-
 def max_pool(batch: int, table: list) -> None:
     x = torch.randn(batch, 64, 512, 1024, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
     ref = F.max_pool2d(x, 3, 2, 1)
@@ -264,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--out", type=Path)
-    parts = {"head": head_passes, "maxpool": max_pool, "aspp1x1": aspp_pointwise, "depthwise": depthwise, "depthwise_loop": depthwise_loop, "depthwise_wide": depthwise_wide, "fp8conv": fp8_convs}
+    parts = {"head": head_passes, "maxpool": max_pool, "aspp1x1": aspp_pointwise, "depthwise": depthwise, "fp8conv": fp8_convs}
     p.add_argument("--parts", nargs="+", choices=list(parts), default=list(parts))
     args = p.parse_args(argv)
     torch.backends.cudnn.benchmark = True

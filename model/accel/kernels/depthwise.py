@@ -86,85 +86,6 @@ if triton is not None:
             spatial = pid // c_tiles, tl.num_programs(0) // c_tiles  # this program's row of `sums`, rows per image
             tl.store(sums + (n * spatial[1] + spatial[0]) * C + cs, tl.sum(total, axis=0), mask=c_ok)
 
-    @triton.jit
-    def _tma_row_taps(src, n, y, x0, c0, DIL, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr):
-        """Input row y at x - DIL, x and x + DIL by TMA: the copy engine zero-fills whatever lies
-        outside the image (negative coordinates too), so there are no masks or addresses."""
-        v_l = src.load([n, y, x0 - DIL, c0]).reshape(BLOCK_X, BLOCK_C).to(tl.float32)
-        v_m = src.load([n, y, x0, c0]).reshape(BLOCK_X, BLOCK_C).to(tl.float32)
-        v_r = src.load([n, y, x0 + DIL, c0]).reshape(BLOCK_X, BLOCK_C).to(tl.float32)
-        return v_l, v_m, v_r
-
-    @triton.jit
-    def _depthwise3x3_relu_loop_kernel(
-        src, weight, bias, dst, sums, H, W, C, DIL,
-        s_n, s_h, s_w, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr, SUMS: tl.constexpr,
-        STAGES: tl.constexpr, TMA: tl.constexpr,
-    ):  # fmt: skip
-        """The same walk as `_depthwise3x3_relu_kernel`, its first two rows peeled and the rest a
-        `tl.range` loop that Triton software-pipelines STAGES deep (the row loads land in shared
-        memory STAGES - 1 rows ahead, not in registers). With TMA, `src` and `dst` are tensor
-        descriptors over N x H x W x C."""
-        x_tiles, c_tiles = tl.cdiv(W, BLOCK_X), tl.cdiv(C, BLOCK_C)
-        pid = tl.program_id(0)
-        c_tile, x_tile, group = pid % c_tiles, (pid // c_tiles) % x_tiles, pid // (c_tiles * x_tiles)
-        y_first = group % DIL + (group // DIL) * ROWS * DIL
-        x0, c0 = x_tile * BLOCK_X, c_tile * BLOCK_C
-        xs = x0 + tl.arange(0, BLOCK_X)
-        cs = c0 + tl.arange(0, BLOCK_C)
-        n32 = tl.program_id(1)
-        n = n32.to(tl.int64)
-        c_ok = cs < C
-        mid_ok = xs < W
-        taps = weight + cs * 9
-        w00 = tl.load(taps + 0, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-        w01 = tl.load(taps + 1, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-        w02 = tl.load(taps + 2, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-        w10 = tl.load(taps + 3, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-        w11 = tl.load(taps + 4, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-        w12 = tl.load(taps + 5, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-        w20 = tl.load(taps + 6, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-        w21 = tl.load(taps + 7, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-        w22 = tl.load(taps + 8, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-        b = tl.load(bias + cs, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-        if TMA:
-            base, out_base = src, dst
-        else:
-            base, out_base = src + n * s_n + cs[None, :], dst + n * H * W * C + cs[None, :]
-        # rows y_first - DIL and y_first: the partial sums of output rows y_first and y_first + DIL
-        if TMA:
-            v_l, v_m, v_r = _tma_row_taps(src, n32, y_first - DIL, x0, c0, DIL, BLOCK_X, BLOCK_C)
-        else:
-            v_l, v_m, v_r = _row_taps(base, y_first - DIL, H, W, xs, DIL, s_h, s_w, c_ok)
-        here = w00 * v_l + w01 * v_m + w02 * v_r
-        if TMA:
-            v_l, v_m, v_r = _tma_row_taps(src, n32, y_first, x0, c0, DIL, BLOCK_X, BLOCK_C)
-        else:
-            v_l, v_m, v_r = _row_taps(base, y_first, H, W, xs, DIL, s_h, s_w, c_ok)
-        total = v_m
-        above = here + w10 * v_l + w11 * v_m + w12 * v_r
-        here = w00 * v_l + w01 * v_m + w02 * v_r
-        for i in tl.range(2, ROWS + 2, num_stages=STAGES):
-            y_in = y_first + (i - 1) * DIL
-            if TMA:
-                v_l, v_m, v_r = _tma_row_taps(src, n32, y_in, x0, c0, DIL, BLOCK_X, BLOCK_C)
-            else:
-                v_l, v_m, v_r = _row_taps(base, y_in, H, W, xs, DIL, s_h, s_w, c_ok)
-            if SUMS:
-                total += tl.where(i <= ROWS, v_m, 0.0)
-            y_out = y_in - DIL
-            out = tl.maximum(above + w20 * v_l + w21 * v_m + w22 * v_r + b, 0.0)
-            if TMA:
-                dst.store([n32, y_out, x0, c0], out.to(dst.dtype).reshape(1, 1, BLOCK_X, BLOCK_C))
-            else:
-                ok = ((y_out < H) & mid_ok)[:, None] & c_ok[None, :]
-                tl.store(out_base + (y_out * W + xs)[:, None] * C, out.to(dst.dtype.element_ty), mask=ok)
-            above = here + w10 * v_l + w11 * v_m + w12 * v_r
-            here = w00 * v_l + w01 * v_m + w02 * v_r
-        if SUMS:
-            spatial = pid // c_tiles, tl.num_programs(0) // c_tiles
-            tl.store(sums + (n * spatial[1] + spatial[0]) * C + cs, tl.sum(total, axis=0), mask=c_ok)
-
 
 # (BLOCK_X, BLOCK_C, ROWS, num_warps). Undilated (the decoder's): of the tilings
 # `bench.kernel_variants` times, the fastest at R-50-D8's two decoder shapes. Dilated (the ASPP's):
@@ -213,28 +134,14 @@ def depthwise3x3_relu_and_mean(
 def _depthwise3x3(x, weight, bias, dilation, tiling, sums: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     n, c, h, w = x.shape
     out = torch.empty_like(x, memory_format=torch.channels_last)
-    block_x, block_c, rows, warps = tiling[:4]
+    block_x, block_c, rows, warps = tiling
     row_groups = dilation * triton.cdiv(triton.cdiv(h, dilation), rows)
     grid = (row_groups * triton.cdiv(w, block_x) * triton.cdiv(c, block_c), n)
     programs = grid[0] // triton.cdiv(c, block_c)  # per image and channel tile
     partial = torch.empty((n, programs, c) if sums else (1,), dtype=torch.float32, device=x.device)
-    if len(tiling) == 4:
-        _depthwise3x3_relu_kernel[grid](
-            x, weight.contiguous(), bias, out, partial, h, w, c, dilation, x.stride(0), x.stride(2), x.stride(3),
-            BLOCK_X=block_x, BLOCK_C=block_c, ROWS=rows, SUMS=sums, num_warps=warps,
-        )  # fmt: skip
-        return out, partial if sums else None
-    stages, tma = tiling[4:]
-    src, dst = x, out
-    if tma:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        box = [1, 1, block_x, block_c]
-        src = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1), box)
-        dst = TensorDescriptor.from_tensor(out.permute(0, 2, 3, 1), box)
-    _depthwise3x3_relu_loop_kernel[grid](
-        src, weight.contiguous(), bias, dst, partial, h, w, c, dilation, x.stride(0), x.stride(2), x.stride(3),
-        BLOCK_X=block_x, BLOCK_C=block_c, ROWS=rows, SUMS=sums, STAGES=stages, TMA=tma, num_warps=warps,
+    _depthwise3x3_relu_kernel[grid](
+        x, weight.contiguous(), bias, out, partial, h, w, c, dilation, x.stride(0), x.stride(2), x.stride(3),
+        BLOCK_X=block_x, BLOCK_C=block_c, ROWS=rows, SUMS=sums, num_warps=warps,
     )  # fmt: skip
     return out, partial if sums else None
 
