@@ -3,6 +3,7 @@ JPEGs as the ``IMAGE`` input: the load tool Triton users already run, beside `be
 
     python -m bench.perf_analyzer --serve "--config NAME --device cuda" --concurrency 1 8 32
     python -m bench.perf_analyzer --url http://HOST:8000 --grpc HOST:8001 --model NAME
+    python -m bench.perf_analyzer --serve "--device cuda" --serve-variants "--workers 6" "--workers 10" --concurrency 256
 
 perf_analyzer ships in the tritonclient wheel (``bin/perf_analyzer``). It needs ``libb64.so.0d``
 (Debian's libb64-0d: .ci/run unpacks it into ``<venv>/lib/perf_analyzer``; or name folders in
@@ -124,31 +125,13 @@ def _hardware(url: str) -> str:
     return hardware(served) if url.split("://", 1)[-1].startswith("127.0.0.1") else "remote"
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--url", default="http://127.0.0.1:8000", help="the service's HTTP base URL")
-    ap.add_argument("--grpc", default="127.0.0.1:8001", help="host:port of its gRPC port")
-    ap.add_argument("--serve", metavar="ARGS", help="start `python -m service ARGS --grpc-port FREE` for the run")
-    ap.add_argument("--model", help="model name (default: the served config)")
-    ap.add_argument("--protocols", nargs="+", default=["grpc", "http"], choices=["grpc", "http"])
-    ap.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32])
-    ap.add_argument("--rate", type=float, nargs="*", default=[], help="open-loop requests/s levels (Poisson), after the closed-loop ones")
-    ap.add_argument("--interval-ms", type=int, default=5000, help="perf_analyzer's measurement window")
-    ap.add_argument("--stability-pct", type=float, default=10.0, help="largest spread between 3 windows in a row")
-    ap.add_argument("--images", type=Path, default=None, help="JPEG folder (default: CamVid val)")
-    ap.add_argument("--max-images", type=int, default=16)
-    ap.add_argument("--out", type=Path, help="write the rows as JSON here")
-    args = ap.parse_args(argv)
-
-    env = environment()
-    if missing := missing_libraries(env):
-        raise SystemExit(f"perf_analyzer cannot load {missing}; see this module's docstring")
-    images, _ = load_images(args.images or camvid_val(), args.max_images)
-    data = write_input_data(Path(tempfile.mkdtemp()) / "images.json", images)
+def measure(args: argparse.Namespace, data: Path, env: dict[str, str], serve: str | None) -> tuple[list[dict], str, str]:
+    """Every protocol x load against one server (started with ``serve``'s arguments, or the one at
+    ``args.url``): its rows, the model name and the hardware."""
     proc, url, grpc_address = None, args.url, args.grpc
-    if args.serve:
+    if serve:
         grpc_port = free_port()
-        proc, url, _ = start_server(f"{args.serve} --grpc-port {grpc_port}")
+        proc, url, _ = start_server(f"{serve} --grpc-port {grpc_port}")
         grpc_address = f"127.0.0.1:{grpc_port}"
     rows = []
     try:
@@ -165,17 +148,50 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(json.dumps(row), flush=True)
     finally:
         stop_server(proc)
-    print("| protocol | load | infer/s | p50 ms | p99 ms | exit |")
-    print("|---|--:|--:|--:|--:|--:|")
+    return rows, model, hw
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--url", default="http://127.0.0.1:8000", help="the service's HTTP base URL")
+    ap.add_argument("--grpc", default="127.0.0.1:8001", help="host:port of its gRPC port")
+    ap.add_argument("--serve", metavar="ARGS", help="start `python -m service ARGS --grpc-port FREE` for the run")
+    ap.add_argument("--serve-variants", nargs="+", metavar="EXTRA", default=[],
+                    help="with --serve: one server start per EXTRA, appended to ARGS (e.g. '--workers 6' '--workers 10'); "
+                         "each row names its EXTRA as `serve_variant`")  # fmt: skip
+    ap.add_argument("--model", help="model name (default: the served config)")
+    ap.add_argument("--protocols", nargs="+", default=["grpc", "http"], choices=["grpc", "http"])
+    ap.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32])
+    ap.add_argument("--rate", type=float, nargs="*", default=[], help="open-loop requests/s levels (Poisson), after the closed-loop ones")
+    ap.add_argument("--interval-ms", type=int, default=5000, help="perf_analyzer's measurement window")
+    ap.add_argument("--stability-pct", type=float, default=10.0, help="largest spread between 3 windows in a row")
+    ap.add_argument("--images", type=Path, default=None, help="JPEG folder (default: CamVid val)")
+    ap.add_argument("--max-images", type=int, default=16)
+    ap.add_argument("--out", type=Path, help="write the rows as JSON here")
+    args = ap.parse_args(argv)
+    if args.serve_variants and not args.serve:
+        ap.error("--serve-variants needs --serve")
+
+    env = environment()
+    if missing := missing_libraries(env):
+        raise SystemExit(f"perf_analyzer cannot load {missing}; see this module's docstring")
+    images, _ = load_images(args.images or camvid_val(), args.max_images)
+    data = write_input_data(Path(tempfile.mkdtemp()) / "images.json", images)
+    rows = []
+    for variant in args.serve_variants or [None]:
+        serve = args.serve and " ".join(filter(None, [args.serve, variant]))
+        variant_rows, model, hw = measure(args, data, env, serve)
+        rows += [{"serve_variant": variant, **r} if variant else r for r in variant_rows]
+    print("| server | protocol | load | infer/s | p50 ms | p99 ms | exit |")
+    print("|---|---|--:|--:|--:|--:|--:|")
     for r in rows:
         load = f"{r['rate']:g} req/s offered" if r["rate"] else f"{r['concurrency']} in flight"
-        print(f"| {r['protocol']} | {load} | {r['throughput']} | {r['p50_ms']} | {r['p99_ms']} | {r['returncode']} |")
+        print(f"| {r.get('serve_variant') or '-'} | {r['protocol']} | {load} | {r['throughput']} | {r['p50_ms']} | {r['p99_ms']} | {r['returncode']} |")
     if args.out:
         command = "python -m bench.perf_analyzer " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
         doc = {"benchmark": "perf_analyzer", "hardware": hw, "date": datetime.date.today().isoformat(), "command": command, "model": model, "rows": rows}
         args.out.write_text(json.dumps(doc, indent=1))
     return rows
-
 
 if __name__ == "__main__":
     main()

@@ -14,13 +14,14 @@ this test fails and says how to get them, it never skips.
 from __future__ import annotations
 
 import copy
+import json
 
 import httpx
 import pytest
-from helpers import free_port, image_bytes, metric, running_server, scene, small_net
+from helpers import SCALE, free_port, image_bytes, metric, running_server, scene, small_net
 
 from bench import perf_analyzer
-from model import DEFAULT_MODEL, get_config
+from model import DEFAULT_MODEL, get_config, save_checkpoint
 from service.backends.pytorch import TorchBackend
 
 MODEL = get_config(DEFAULT_MODEL).name
@@ -107,3 +108,22 @@ def test_open_loop_request_rate(server, data, env):
     assert "Request Rate: 4" in result.output and result.rate == 4 and result.concurrency is None
     assert result.request_count and result.p99_ms, result.output
 
+
+
+def test_serve_variants_start_one_server_each(env, tmp_path):
+    """`--serve-variants`: one `python -m service` per variant, its arguments appended to `--serve`'s,
+    each row labelled with its variant (how the worker-count sweep in bench/results was measured)."""
+    weights = save_checkpoint(small_net(), tmp_path / "small.pth", meta={"test_scale": list(SCALE)})
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "scene.jpg").write_bytes(image_bytes(scene(3, (80, 60)), "JPEG", quality=90))
+    common = ["--serve", f"--model {weights} --device cpu --log-level warning", "--protocols", "http", "--concurrency", "1",
+              "--interval-ms", "1000", "--stability-pct", str(STABILITY_PCT), "--images", str(images), "--max-images", "1"]  # fmt: skip
+    out = tmp_path / "sweep.json"
+    rows = perf_analyzer.main([*common, "--serve-variants", "--max-batch-size 1", "--max-batch-size 2", "--out", str(out)])
+    assert [r["serve_variant"] for r in rows] == ["--max-batch-size 1", "--max-batch-size 2"]
+    assert all(r["returncode"] == 0 and r["request_count"] for r in rows), rows
+    assert json.loads(out.read_text())["rows"] == rows
+    # the variant's arguments reach the server's command line: one it rejects stops the run
+    with pytest.raises(SystemExit, match="server exited"):
+        perf_analyzer.main([*common, "--serve-variants", "--max-batch-size 0"])
