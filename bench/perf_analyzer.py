@@ -193,5 +193,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.out.write_text(json.dumps(doc, indent=1))
     return rows
 
+
 if __name__ == "__main__":
     main()

@@ -109,10 +109,10 @@ def test_open_loop_request_rate(server, data, env):
     assert result.request_count and result.p99_ms, result.output
 
 
-
 def test_serve_variants_start_one_server_each(env, tmp_path):
     """`--serve-variants`: one `python -m service` per variant, its arguments appended to `--serve`'s,
-    each row labelled with its variant (how the worker-count sweep in bench/results was measured)."""
+    each row labelled with its variant: a worker-count sweep like
+    bench/results/pa_camvid_workers_sweep_h200.json in one command."""
     weights = save_checkpoint(small_net(), tmp_path / "small.pth", meta={"test_scale": list(SCALE)})
     images = tmp_path / "images"
     images.mkdir()
