@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     data = write_input_data(Path(tempfile.mkdtemp()) / "images.json", images)
     rows = []
     for variant in args.serve_variants or [None]:
-        serve = args.serve and " ".join(filter(None, [args.serve, variant]))
+        serve = f"{args.serve} {variant}" if variant else args.serve
         variant_rows, model, hw = measure(args, data, env, serve)
         rows += [{"serve_variant": variant, **r} if variant else r for r in variant_rows]
     print("| server | protocol | load | infer/s | p50 ms | p99 ms | exit |")
