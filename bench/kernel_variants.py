@@ -195,65 +195,11 @@ def fp8_convs(batch: int, table: list) -> None:
         report("cublas fp8 _scaled_mm, same GEMM", lambda: torch._scaled_mm(a, b, one, one, out_dtype=torch.float16), check=False)
 
 
-FP8_BLOCK_TILINGS = [  # (BM, BN, num_warps, num_stages, SWIZZLE) for the layer4 convs in FP8
-    (128, 256, 8, 4, 8), (128, 256, 8, 3, 8), (256, 128, 8, 3, 8), (128, 128, 8, 4, 8), (128, 128, 4, 4, 8),
-    (64, 256, 4, 4, 8), (128, 128, 4, 3, 16),
-]  # fmt: skip
-
-
-def fp8_block_convs(batch: int, table: list) -> None:
-    """R-50-D8's layer4 convs as `model.accel.fast.use_fp8` runs them in an `Fp8Stage` (e4m3 in,
-    e4m3 and/or fp16 out by static bounds, no amax or quantize pass) against cuDNN fp16 as
-    `FusedConv` runs them, at several tilings, with cuBLAS's FP8 GEMM of the same size beside."""
-    half = {"device": "cuda", "dtype": torch.float16}
-    h, w = 128, 256
-    one = torch.ones((), device="cuda")
-    for name, cin, cout, k, pad, out_pad, residual, fp16_out in [
-        ("conv1 1x1 -> padded e4m3", 2048, 512, 1, 0, 4, False, False),
-        ("conv2 3x3 d4 -> e4m3", 512, 512, 3, 4, 0, False, False),
-        ("conv3 1x1 + residual -> fp16 + e4m3", 512, 2048, 1, 0, 0, True, True),
-        ("downsample 1x1 -> fp16", 1024, 2048, 1, 0, None, False, True),
-    ]:  # fmt: skip
-        x = torch.relu(torch.randn(batch, cin, h, w, **half)).contiguous(memory_format=torch.channels_last)
-        weight = torch.randn(cout, cin, k, k, **half) * (2 / (k * k * cin)) ** 0.5
-        bias = torch.randn(cout, **half) * 0.1
-        res = torch.randn(batch, cout, h, w, **half).contiguous(memory_format=torch.channels_last) if residual else None
-        shape = f"layer4 {name} {batch}x{cin}x{h}x{w}->{cout}"
-        flop = 2 * batch * h * w * k * k * cin * cout
-        args = ((1, 1), (pad, pad), (max(pad, 1),) * 2, 1)
-        if residual:
-            cudnn = lambda: torch.cudnn_convolution_add_relu(x, weight, res, 1.0, bias, *args)  # noqa: E731
-        else:
-            cudnn = lambda: torch.cudnn_convolution_relu(x, weight, bias, *args)  # noqa: E731
-        row(table, "fp8 block", shape, "cudnn fp16", bench_ms(cudnn), 0, 0.0, flop=flop)
-        amax = x.float().abs().amax().reshape(1)
-        q = fp8.quantize_padded([x], amax, pad)
-        wq, ws = fp8.quantize_weight(weight)
-        out_amax = None if out_pad is None else amax
-        ref = cudnn().float()
-        for tiling in FP8_BLOCK_TILINGS:
-            fn = functools.partial(fp8.conv_fp8, q, amax, wq, ws, bias, k, pad, res, True, out_amax, out_pad or 0, fp16_out, tiling=tiling)
-            try:
-                ms = bench_ms(fn)
-            except Exception as e:  # a tiling that does not fit shared memory
-                print(f"  {shape} {tiling}: {type(e).__name__}", flush=True)
-                continue
-            out, _ = fn()
-            err = float("nan") if out is None else ((out.float() - ref).abs().max() / ref.abs().max()).item()
-            row(table, "fp8 block", shape, f"fp8 {tiling}", ms, 0, err, flop=flop)
-        a = torch.randn(batch * (h + 2 * pad) * (w + 2 * pad), k * k * cin, **half).to(torch.float8_e4m3fn)
-        b = torch.randn(cout, k * k * cin, **half).to(torch.float8_e4m3fn).t()
-        row(table, "fp8 block", shape, "cublas fp8 _scaled_mm, same GEMM",
-            bench_ms(lambda: torch._scaled_mm(a, b, one, one, out_dtype=torch.float16)), 0, float("nan"), flop=flop)  # noqa: B023
-        for r in table[-len(FP8_BLOCK_TILINGS) - 2 :]:
-            print(f"  {r['shape']:<60} {r['variant']:<36} {r['ms']:.4f} ms {r.get('tflop_per_s')} TFLOP/s", flush=True)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--out", type=Path)
-    parts = {"head": head_passes, "maxpool": max_pool, "aspp1x1": aspp_pointwise, "depthwise": depthwise, "fp8conv": fp8_convs, "fp8block": fp8_block_convs}
+    parts = {"head": head_passes, "maxpool": max_pool, "aspp1x1": aspp_pointwise, "depthwise": depthwise, "fp8conv": fp8_convs}
     p.add_argument("--parts", nargs="+", choices=list(parts), default=list(parts))
     args = p.parse_args(argv)
     torch.backends.cudnn.benchmark = True

@@ -25,15 +25,15 @@ from ..configs import ModelConfig
 from ..heads import resize
 from ..network import DeepLabV3Plus
 from ..resnet import ResNet
-from .backbone import FastResNet, FusedBlock, Fp8Stage
+from .backbone import FastResNet
 from .fp8 import K_STEP
 from .head import FastASPPHead
 from .kernels import normalize_pixels, upsample_argmax
 from .layers import CHANNEL_MULTIPLE, Fp8Conv3x3
 
 __all__ = [
-    "FP8_MIN_CHANNELS", "FP8_STAGE_CHANNELS", "FastDeepLabV3Plus", "Fp8Conv3x3", "Fp8Stage", "normalizer",
-    "optimize_for_inference", "use_fp8", "whole_image_labels",
+    "FP8_MIN_CHANNELS", "FastDeepLabV3Plus", "Fp8Conv3x3", "normalizer", "optimize_for_inference", "use_fp8",
+    "whole_image_labels",
 ]  # fmt: skip
 
 
@@ -72,31 +72,17 @@ def optimize_for_inference(net: DeepLabV3Plus) -> FastDeepLabV3Plus:
 
 
 FP8_MIN_CHANNELS = 512
-FP8_STAGE_CHANNELS = 2048
 
 
-def _fp8_ready(stage: nn.Module) -> bool:
-    """Whether every conv of a backbone stage fits `Fp8Stage`: stride 1, channels in K steps."""
-    if not all(isinstance(block, FusedBlock) for block in stage):
-        return False
-    convs = [conv for block in stage for conv in (*block.convs, block.downsample) if conv is not None]
-    return all(conv.stride == (1, 1) and conv.weight.shape[1] % K_STEP == 0 for conv in convs)
-
-
-def use_fp8(
-    net: FastDeepLabV3Plus, min_channels: int = FP8_MIN_CHANNELS, stage_channels: int = FP8_STAGE_CHANNELS
-) -> FastDeepLabV3Plus:  # fmt: skip
-    """Swap, in place, the ASPP's bottleneck conv of an `optimize_for_inference` network for
-    `Fp8Conv3x3` if it has at least ``min_channels`` output channels (R-50/101: 2048 -> 512; R-18's
-    512 -> 128 gains little), and each backbone stage whose output has at least ``stage_channels``
-    channels for an `Fp8Stage` if its convs have stride 1 (R-50/101's layer4). Call it after casting the network to its dtype. Timings and label agreement: bench/RESULTS.md."""
+def use_fp8(net: FastDeepLabV3Plus, min_channels: int = FP8_MIN_CHANNELS) -> FastDeepLabV3Plus:
+    """Swap the ASPP's bottleneck conv of an `optimize_for_inference` network for `Fp8Conv3x3`
+    (in place), if it has at least ``min_channels`` output channels (R-50/101: 2048 -> 512; R-18's
+    512 -> 128 gains little). Call it after casting the network to its dtype. Only the bottleneck:
+    layer4's 3x3 convs in FP8 as well saved little more time and changed many more labels
+    (bench/RESULTS.md)."""
     conv = net.decode_head.bottleneck
     if conv.weight.shape[0] >= min_channels and conv.weight.shape[1] % K_STEP == 0:
         net.decode_head.bottleneck = Fp8Conv3x3(conv)
-    stages = net.backbone.stages
-    for i, stage in enumerate(stages):
-        if isinstance(stage, nn.Sequential) and _fp8_ready(stage) and stage[-1].convs[-1].weight.shape[0] >= stage_channels:
-            stages[i] = Fp8Stage(stage)
     return net
 
 

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 
 from .kernels.borders import spread_borders_reference
-from .kernels.common import on_kernel_device
 
 try:
     import triton
@@ -68,7 +67,9 @@ def _inverse_scale(amax: torch.Tensor) -> torch.Tensor:
 
 
 def _on_triton(tensors: list[torch.Tensor]) -> bool:
-    return all(on_kernel_device(t) and t.is_contiguous(memory_format=torch.channels_last) for t in tensors)
+    return triton is not None and all(
+        t.is_cuda and t.is_contiguous(memory_format=torch.channels_last) for t in tensors
+    )
 
 
 if triton is not None:
@@ -88,7 +89,7 @@ if triton is not None:
 
     @triton.jit
     def _quantize_padded_kernel(
-        x, amax, AMAX_STRIDE, q, P, H, W, C, C_DST, OFFSET, Hp, Wp, PAD, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+        x, amax, q, P, H, W, C, C_DST, OFFSET, Hp, Wp, PAD, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     ):  # fmt: skip
         """Channels-last N x H x W x C into channels OFFSET.. of the padded N x Hp x Wp x C_DST."""
         p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # int32 index math: P < 2**31
@@ -101,16 +102,15 @@ if triton is not None:
         ok = (c < C)[None, :]
         src = x + ((n * H + h) * W + w).to(tl.int64)[:, None] * C + c[None, :]
         v = tl.load(src, mask=inside[:, None] & ok, other=0.0)
-        a = tl.load(amax + n * AMAX_STRIDE, mask=p < P, other=0.0)
+        a = tl.load(amax + n, mask=p < P, other=0.0)
         inverse = tl.where(a > 0, tl.math.div_rn(448.0, a), 1.0)
-        qv = tl.minimum(tl.maximum(v.to(tl.float32) * inverse[:, None], -448.0), 448.0).to(tl.float8e4nv)
+        qv = (v.to(tl.float32) * inverse[:, None]).to(tl.float8e4nv)
         tl.store(q + p.to(tl.int64)[:, None] * C_DST + OFFSET + c[None, :], qv, mask=(p < P)[:, None] & ok)
 
     @triton.jit
-    def _conv_fp8_kernel(
-        a_desc, amax, AMAX_STRIDE, b_desc, sb, bias, res, out, q_out, q_amax, P, H, W, C, COUT, Hp, Wp, PAD, QPAD,
-        FIRST_TAP: tl.constexpr, TAPS: tl.constexpr, RESIDUAL: tl.constexpr, RELU: tl.constexpr,
-        OUT_FP16: tl.constexpr, OUT_FP8: tl.constexpr, PROMOTE_EVERY: tl.constexpr,
+    def _conv3x3_fp8_kernel(
+        a_desc, amax, b_desc, sb, bias, res, out, P, H, W, C, COUT, Hp, Wp, DIL,
+        RESIDUAL: tl.constexpr, RELU: tl.constexpr, PROMOTE_EVERY: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SWIZZLE: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
@@ -129,14 +129,14 @@ if triton is not None:
         if tl.max(stored.to(tl.int32), axis=0) > 0:  # tiles all in the bottom padding are skipped
             steps = C // BK
             acc = tl.zeros([BM, BN], dtype=tl.float32)
-            for i in range(TAPS * steps):
-                tap = FIRST_TAP + i // steps  # of the 3 x 3 window, dilation PAD: a 1 x 1 conv is its centre, 4
+            for i in range(9 * steps):
+                tap = i // steps
                 k = (i % steps) * BK
-                a = a_desc.load([pid_m * BM + ((tap // 3) * Wp + tap % 3) * PAD, k])  # rows past P read as 0
-                b = b_desc.load([pid_n * BN, (i // steps) * C + k])
+                a = a_desc.load([pid_m * BM + ((tap // 3) * Wp + tap % 3) * DIL, k])  # rows past P read as 0
+                b = b_desc.load([pid_n * BN, tap * C + k])
                 acc = tl.dot(a, b.T, acc, max_num_imprecise_acc=PROMOTE_EVERY)
             cols = pid_n * BN + tl.arange(0, BN)
-            a_max = tl.load(amax + n * AMAX_STRIDE, mask=rows < P, other=0.0)
+            a_max = tl.load(amax + n, mask=rows < P, other=0.0)
             a_scale = tl.where(a_max > 0, tl.math.div_rn(a_max, 448.0), 1.0)
             y = acc * a_scale[:, None] * tl.load(sb + cols, mask=cols < COUT, other=0.0)[None, :]
             y += tl.load(bias + cols, mask=cols < COUT, other=0.0).to(tl.float32)[None, :]
@@ -150,14 +150,7 @@ if triton is not None:
                 y += tl.load(res + small, mask=ok, other=0.0).to(tl.float32)
             if RELU:
                 y = tl.maximum(y, 0.0)
-            if OUT_FP16:
-                tl.store(out + dst, y.to(tl.float16), mask=ok)
-            if OUT_FP8:  # the next conv's input: scaled by its static amax, saturated, QPAD zero pixels around
-                qa = tl.load(q_amax)
-                qv = y * tl.where(qa > 0, tl.math.div_rn(448.0, qa), 1.0)
-                qv = tl.minimum(tl.maximum(qv, -448.0), 448.0).to(tl.float8e4nv)
-                q_dst = ((n * (H + 2 * QPAD) + h + QPAD) * (W + 2 * QPAD) + w + QPAD)[:, None] * COUT + cols[None, :]
-                tl.store(q_out + q_dst, qv, mask=ok)
+            tl.store(out + dst, y.to(tl.float16), mask=ok)
 
 
 def image_amax(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -172,21 +165,15 @@ def image_amax(tensors: list[torch.Tensor]) -> torch.Tensor:
     return amax
 
 
-def _saturated_e4m3(x: torch.Tensor) -> torch.Tensor:
-    """x rounded to e4m3, values past its range clamped to +-448 (a static amax can be exceeded)."""
-    return x.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-
-
 def quantize_padded_reference(tensors: list[torch.Tensor], amax: torch.Tensor, pad: int) -> torch.Tensor:
     x = torch.cat([t.float() for t in tensors], dim=1).permute(0, 2, 3, 1)
     x = F.pad(x, (0, 0, pad, pad, pad, pad)) * _inverse_scale(amax)[:, None, None, None]
-    return _saturated_e4m3(x).contiguous()
+    return x.to(torch.float8_e4m3fn).contiguous()
 
 
 def quantize_padded(tensors: list[torch.Tensor], amax: torch.Tensor, pad: int) -> torch.Tensor:
     """The channel concat of ``tensors`` as e4m3 N x (H + 2 pad) x (W + 2 pad) x C, each image
-    scaled by 448 / ``amax`` (N values: `image_amax`; or one, a static bound: values past it saturate),
-    ``pad`` zero pixels around it."""
+    scaled by its ``amax`` / 448, ``pad`` zero pixels around it."""
     if not _on_triton(tensors):
         return quantize_padded_reference(tensors, amax, pad)
     n, _, h, w = tensors[0].shape
@@ -199,40 +186,27 @@ def quantize_padded(tensors: list[torch.Tensor], amax: torch.Tensor, pad: int) -
         block_c = triton.next_power_of_2(min(c, 128))
         grid = (triton.cdiv(n * hp * wp, block_p), triton.cdiv(c, block_c))
         _quantize_padded_kernel[grid](
-            t, amax, _stride(amax), q, n * hp * wp, h, w, c, c_total, offset, hp, wp, pad,
-            BLOCK_P=block_p, BLOCK_C=block_c,
+            t, amax, q, n * hp * wp, h, w, c, c_total, offset, hp, wp, pad, BLOCK_P=block_p, BLOCK_C=block_c,
         )  # fmt: skip
         offset += c
     return q
 
 
-def _stride(amax: torch.Tensor) -> int:
-    """0 for one static amax shared by every image, 1 for an amax per image."""
-    return 0 if amax.numel() == 1 else 1
-
-
-def conv_fp8_reference(
+def conv3x3_fp8_reference(
     q: torch.Tensor, amax: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor,
-    bias: torch.Tensor, kernel_size: int, pad: int, residual: torch.Tensor | None, relu: bool,
-    out_amax: torch.Tensor | None = None, out_pad: int = 0, fp16_out: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
-    """What `conv_fp8` computes, in fp32 PyTorch (the result in ``bias``' dtype)."""
+    bias: torch.Tensor, dilation: int, residual: torch.Tensor | None, relu: bool,
+) -> torch.Tensor:  # fmt: skip
+    """What `conv3x3_fp8` computes, in fp32 PyTorch (the result in ``bias``' dtype)."""
     x = (q.float() * _image_scale(amax)[:, None, None, None]).permute(0, 3, 1, 2)
     cout = weight_q.shape[0]
-    w = (weight_q.float() * weight_scale[:, None]).reshape(cout, kernel_size, kernel_size, -1).permute(0, 3, 1, 2)
-    if kernel_size == 1:
-        x = x[:, :, pad : x.shape[2] - pad, pad : x.shape[3] - pad]
-    y = F.conv2d(x, w, bias.float(), dilation=max(pad, 1))
+    w = (weight_q.float() * weight_scale[:, None]).reshape(cout, 3, 3, -1).permute(0, 3, 1, 2)
+    y = F.conv2d(x, w, bias.float(), dilation=dilation)
     if residual is not None and residual.shape[2:] != y.shape[2:]:
         residual = spread_borders_reference(residual, y.shape[2:])
     if residual is not None:
         y = y + residual.float()
     y = F.relu(y) if relu else y
-    out = y.to(bias.dtype).contiguous(memory_format=torch.channels_last) if fp16_out else None
-    if out_amax is None:
-        return out, None
-    scaled = F.pad(y.permute(0, 2, 3, 1), (0, 0, out_pad, out_pad, out_pad, out_pad)) * _inverse_scale(out_amax)
-    return out, _saturated_e4m3(scaled).contiguous()
+    return y.to(bias.dtype).contiguous(memory_format=torch.channels_last)
 
 
 # (BM, BN, num_warps, num_stages, SWIZZLE): the fastest of `bench.kernel_variants --parts fp8conv`
@@ -240,41 +214,27 @@ def conv_fp8_reference(
 CONV_TILING = (128, 256, 8, 4, 8)
 
 
-def conv_fp8(
+def conv3x3_fp8(
     q: torch.Tensor, amax: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor,
-    bias: torch.Tensor, kernel_size: int, pad: int, residual: torch.Tensor | None = None, relu: bool = True,
-    out_amax: torch.Tensor | None = None, out_pad: int = 0, fp16_out: bool = True,
+    bias: torch.Tensor, dilation: int, residual: torch.Tensor | None = None, relu: bool = True,
     tiling: tuple[int, int, int, int, int] = CONV_TILING, promote_every: int | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
-    """relu(conv(x) + bias (+ residual)), stride 1, for a ``kernel_size`` 3 (dilation = padding =
-    ``pad``) or 1 conv, from x as e4m3 (`quantize_padded`, or another `conv_fp8`'s e4m3 output)
-    padded by ``pad`` zero pixels and scaled by ``amax`` (N values, or one static bound).
-
-    Returns (N x Cout x H x W fp16, channels-last, if ``fp16_out``; the result as e4m3 scaled
-    by the static ``out_amax`` and padded by ``out_pad``, if that is given): a chain of FP8 convs
-    passes its activations on in e4m3, with no amax or quantize pass between them. A 1 x 1 conv
-    on a padded map reads the centre tap only. A residual smaller than the output (at most 3 x 3)
-    is spread over it as by `model.accel.kernels.spread_borders`, without that full-size map
-    ever being written.
+) -> torch.Tensor:  # fmt: skip
+    """relu(conv3x3(x, dilation, padding = dilation) + bias (+ residual)) from x's
+    `quantize_padded` (pad = dilation) and `image_amax`: N x Cout x H x W fp16, channels-last.
+    A residual smaller than the output (at most 3 x 3) is spread over it as by
+    `model.accel.kernels.spread_borders`, without that full-size map ever being written.
 
     ``promote_every``: None lets the tensor cores accumulate the whole K (Triton's default on
     sm90; their FP8 accumulator keeps fewer bits than fp32); 128 adds into a true fp32
     accumulator every 128 products: more exact, but slower (both measured in bench/RESULTS.md)."""
-    if not on_kernel_device(q):
-        return conv_fp8_reference(
-            q, amax, weight_q, weight_scale, bias, kernel_size, pad, residual, relu, out_amax, out_pad, fp16_out
-        )  # fmt: skip
+    if triton is None or not q.is_cuda:
+        return conv3x3_fp8_reference(q, amax, weight_q, weight_scale, bias, dilation, residual, relu)
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     n, hp, wp, c = q.shape
-    h, w = hp - 2 * pad, wp - 2 * pad
+    h, w = hp - 2 * dilation, wp - 2 * dilation
     cout = weight_q.shape[0]
-    out = q_out = None
-    if fp16_out:
-        out = torch.empty((n, cout, h, w), dtype=torch.float16, device=q.device, memory_format=torch.channels_last)
-    if out_amax is not None:
-        shape = (n, h + 2 * out_pad, w + 2 * out_pad, cout)
-        q_out = (torch.zeros if out_pad else torch.empty)(shape, dtype=torch.float8_e4m3fn, device=q.device)
+    out = torch.empty((n, cout, h, w), dtype=torch.float16, device=q.device, memory_format=torch.channels_last)
     if residual is not None:
         residual = residual.contiguous(memory_format=torch.channels_last)
     spread = residual is not None and residual.shape[2:] != (h, w)
@@ -283,24 +243,9 @@ def conv_fp8(
     a_desc = TensorDescriptor.from_tensor(q.view(p, c), [bm, K_STEP])
     b_desc = TensorDescriptor.from_tensor(weight_q, [bn, K_STEP])
     grid = (triton.cdiv(p, bm) * triton.cdiv(cout, bn),)
-    _conv_fp8_kernel[grid](
-        a_desc, amax, _stride(amax), b_desc, weight_scale, bias, q if residual is None else residual, out, q_out,
-        amax if out_amax is None else out_amax, p, h, w, c, cout, hp, wp, pad, out_pad,
-        FIRST_TAP=0 if kernel_size == 3 else 4, TAPS=kernel_size * kernel_size,
-        RESIDUAL=0 if residual is None else 2 if spread else 1, RELU=relu, OUT_FP16=fp16_out,
-        OUT_FP8=out_amax is not None, PROMOTE_EVERY=promote_every,
+    _conv3x3_fp8_kernel[grid](
+        a_desc, amax, b_desc, weight_scale, bias, out if residual is None else residual, out,
+        p, h, w, c, cout, hp, wp, dilation, RESIDUAL=0 if residual is None else 2 if spread else 1, RELU=relu, PROMOTE_EVERY=promote_every,
         BM=bm, BN=bn, BK=K_STEP, SWIZZLE=swizzle, num_warps=warps, num_stages=stages,
-    )  # fmt: skip
-    return out, q_out
-
-
-def conv3x3_fp8(
-    q: torch.Tensor, amax: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor,
-    bias: torch.Tensor, dilation: int, residual: torch.Tensor | None = None, relu: bool = True,
-    tiling: tuple[int, int, int, int, int] = CONV_TILING, promote_every: int | None = None,
-) -> torch.Tensor:  # fmt: skip
-    """`conv_fp8` of a 3 x 3 conv with an fp16 result only (the ASPP's bottleneck)."""
-    out, _ = conv_fp8(
-        q, amax, weight_q, weight_scale, bias, 3, dilation, residual, relu, tiling=tiling, promote_every=promote_every
     )  # fmt: skip
     return out
