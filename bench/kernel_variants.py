@@ -1,6 +1,6 @@
 """Candidate versions of the inference kernels at R-50-D8's shapes (1024x2048 input), timed in one run.
 
-    python -m bench.kernel_variants [--batch 8] [--parts head maxpool aspp1x1 depthwise fp8conv] [--out FILE]
+    python -m bench.kernel_variants [--batch 8] [--parts head maxpool aspp1x1 depthwise fp8conv fp8block] [--out FILE]
 
 - depthwise 3x3 + bias + ReLU (the separable convs' first half): our Triton kernel over a grid of
   tilings, against cuDNN (`F.conv2d` + ReLU, and `cudnn_convolution_relu`), at the ASPP's shapes
@@ -17,6 +17,8 @@
 - the 3x3 convs `model.accel.fast.use_fp8` may take: cuDNN fp16 against `model.accel.fp8` (its amax and
   quantize passes timed apart, tilings, with and without fp32 promotion of the accumulator, and
   the accumulation error against an exact product), and cuBLAS's FP8 GEMM of the same size.
+- layer4's convs as `use_fp8` runs them (`fp8block`): e4m3 in and out by static bounds, against
+  cuDNN fp16, at several tilings, beside cuBLAS's FP8 GEMM of the same size.
 Each row: ms per batch (median, CUDA events, L2 flushed between runs), the bandwidth of its
 compulsory bytes (each input read once, each output written once), max |error| against the
 reference. Tables are printed; all rows go to the JSON file.
@@ -178,11 +180,12 @@ def fp8_convs(batch: int, table: list) -> None:
         row(table, "fp8 prep", shape, "quantize_padded", bench_ms(lambda: fp8.quantize_padded(maps, amax, d)), x.numel() * 3, qerr)
         wq, ws = fp8.quantize_weight(weight)
         torch.backends.cudnn.allow_tf32 = False
-        exact = fp8.conv3x3_fp8_reference(q[:2], amax[:2], wq, ws, bias.float(), d, None, True)  # of the first 2 images
+        exact, _ = fp8.conv_fp8_reference(q[:2], amax[:2], wq, ws, bias.float(), 3, d, None, True)  # of the first 2 images
         torch.backends.cudnn.allow_tf32 = True
         for tiling in FP8_TILINGS:
             for promote in (None, 128):
-                fn = functools.partial(fp8.conv3x3_fp8, q, amax, wq, ws, bias, d, tiling=tiling, promote_every=promote)
+                conv = functools.partial(fp8.conv_fp8, q, amax, wq, ws, bias, 3, d, tiling=tiling, promote_every=promote)
+                fn = lambda: conv()[0]  # noqa: B023,E731 (the fp16 result; called within this iteration)
                 report(f"fp8 {tiling} promote {promote}", fn)
                 got = fn()[:2].float()
                 print(f"    accumulation error against the fp32 product of the same e4m3 values: max "
@@ -195,11 +198,73 @@ def fp8_convs(batch: int, table: list) -> None:
         report("cublas fp8 _scaled_mm, same GEMM", lambda: torch._scaled_mm(a, b, one, one, out_dtype=torch.float16), check=False)
 
 
+FP8_BLOCK_TILINGS = [  # (BM, BN, num_warps, num_stages, SWIZZLE) for the layer4 convs in FP8; fp8.CONV_TILING
+    # and fp8.POINTWISE_TILING are the shipped ones (the persistent 1x1 kernel's and the other's)
+    (128, 256, 8, 4, 8), (128, 256, 8, 3, 8), (256, 128, 8, 3, 8), (128, 128, 8, 4, 8), (128, 128, 4, 4, 8),
+    (64, 256, 4, 4, 8), (128, 128, 4, 3, 16), (128, 256, 8, 2, 8),
+]  # fmt: skip
+
+
+def fp8_block_convs(batch: int, table: list) -> None:
+    """R-50-D8's layer4 convs as `model.accel.fast.use_fp8` runs them in an `Fp8Stage` (e4m3 in,
+    e4m3 and/or fp16 out by static bounds, no amax or quantize pass) against cuDNN fp16 as
+    `FusedConv` runs them, at several tilings (of the persistent GEMM for the 1x1 convs with
+    unpadded results, of the implicit-GEMM kernel for the rest), with cuBLAS's FP8 GEMM of the
+    same size beside."""
+    from triton.runtime.errors import OutOfResources
+
+    half = {"device": "cuda", "dtype": torch.float16}
+    h, w = 128, 256
+    one = torch.ones((), device="cuda")
+    for name, cin, cout, k, pad, out_pad, residual, fp16_out in [
+        ("conv1 1x1 -> padded e4m3", 2048, 512, 1, 0, 4, False, False),
+        ("conv2 3x3 d4 -> e4m3", 512, 512, 3, 4, 0, False, False),
+        ("conv3 1x1 + residual -> fp16 + e4m3", 512, 2048, 1, 0, 0, True, True),
+        ("downsample 1x1 -> fp16", 1024, 2048, 1, 0, None, False, True),
+    ]:  # fmt: skip
+        x = torch.relu(torch.randn(batch, cin, h, w, **half)).contiguous(memory_format=torch.channels_last)
+        weight = torch.randn(cout, cin, k, k, **half) * (2 / (k * k * cin)) ** 0.5
+        bias = torch.randn(cout, **half) * 0.1
+        res = torch.randn(batch, cout, h, w, **half).contiguous(memory_format=torch.channels_last) if residual else None
+        shape = f"layer4 {name} {batch}x{cin}x{h}x{w}->{cout}"
+        flop = 2 * batch * h * w * k * k * cin * cout
+        args = ((1, 1), (pad, pad), (max(pad, 1),) * 2, 1)
+        if residual:
+            cudnn = lambda: torch.cudnn_convolution_add_relu(x, weight, res, 1.0, bias, *args)  # noqa: E731
+        else:
+            cudnn = lambda: torch.cudnn_convolution_relu(x, weight, bias, *args)  # noqa: E731
+        row(table, "fp8 block", shape, "cudnn fp16", bench_ms(cudnn), 0, 0.0, flop=flop)
+        amax = x.float().abs().amax().reshape(1)
+        q = fp8.quantize_padded([x], amax, pad)
+        wq, ws = fp8.quantize_weight(weight)
+        out_amax = None if out_pad is None else amax
+        ref = cudnn().float()
+        for tiling in FP8_BLOCK_TILINGS:
+            fn = functools.partial(
+                fp8.conv_fp8, q, amax, wq, ws, bias, k, pad, res, True, out_amax, out_pad or 0, fp16_out,
+                tiling=tiling, pointwise_tiling=tiling,
+            )  # fmt: skip
+            try:
+                ms = bench_ms(fn)
+            except OutOfResources as e:  # a tiling that does not fit shared memory
+                print(f"  {shape} {tiling}: {type(e).__name__}", flush=True)
+                continue
+            out, _ = fn()
+            err = float("nan") if out is None else ((out.float() - ref).abs().max() / ref.abs().max()).item()
+            row(table, "fp8 block", shape, f"fp8 {tiling}", ms, 0, err, flop=flop)
+        a = torch.randn(batch * (h + 2 * pad) * (w + 2 * pad), k * k * cin, **half).to(torch.float8_e4m3fn)
+        b = torch.randn(cout, k * k * cin, **half).to(torch.float8_e4m3fn).t()
+        row(table, "fp8 block", shape, "cublas fp8 _scaled_mm, same GEMM",
+            bench_ms(lambda: torch._scaled_mm(a, b, one, one, out_dtype=torch.float16)), 0, float("nan"), flop=flop)  # noqa: B023
+        for r in table[-len(FP8_BLOCK_TILINGS) - 2 :]:
+            print(f"  {r['shape']:<60} {r['variant']:<36} {r['ms']:.4f} ms {r.get('tflop_per_s')} TFLOP/s", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--out", type=Path)
-    parts = {"head": head_passes, "maxpool": max_pool, "aspp1x1": aspp_pointwise, "depthwise": depthwise, "fp8conv": fp8_convs}
+    parts = {"head": head_passes, "maxpool": max_pool, "aspp1x1": aspp_pointwise, "depthwise": depthwise, "fp8conv": fp8_convs, "fp8block": fp8_block_convs}
     p.add_argument("--parts", nargs="+", choices=list(parts), default=list(parts))
     args = p.parse_args(argv)
     torch.backends.cudnn.benchmark = True

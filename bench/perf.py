@@ -6,11 +6,11 @@ For each backbone: eager fp32 at batch 1 with TF32 off (the reference), then the
 channels_last at each batch, launched eagerly and replayed as a CUDA graph, from its normalised
 input (fp16, 8 channels: the image's 3, then zeros) to uint8 labels; then the graph the service
 replays, from uint8 pixels (the normalisation kernel included). On Hopper GPUs the same two graphs
-again with the ASPP's bottleneck in FP8 (precision "fp8", `model.accel.fast.use_fp8`, as
+again with the ASPP's bottleneck and layer4 in FP8 (precision "fp8", `model.accel.fast.use_fp8`, as
 `--precision fp8` serves).
 
 Label agreement: only `--agreement-images` measures accuracy cost (the trained built-in model on
-real photos, fp16 and FP8-bottleneck labels against fp32). The zoo configs have no trained weights
+real photos, fp16, FP8-bottleneck and FP8-bottleneck-and-layer4 labels against fp32). The zoo configs have no trained weights
 here, so their rows carry `kernel_consistency` instead: the fraction of labels that match fp32 for
 seeded random weights and a seeded random input, a check that the kernels compute the same
 function, not an accuracy figure. Prints a table, writes one JSON object per measurement to
@@ -179,8 +179,9 @@ def trained_agreement(image_dir: Path, count: int = 8) -> dict:
     net = load_model(DEFAULT_MODEL, device="cuda")
     fast = optimize_for_inference(net).half().to(memory_format=torch.channels_last)
     variants = {"agreement": fast}
-    if fp8.supported("cuda"):  # its bottleneck (512 -> 128) is below use_fp8's default threshold
+    if fp8.supported("cuda"):  # its bottleneck (512 -> 128) and layer4 (512) are below use_fp8's thresholds
         variants["agreement_fp8_bottleneck"] = use_fp8(copy.deepcopy(fast), min_channels=128)
+        variants["agreement_fp8_layer4"] = use_fp8(copy.deepcopy(fast), min_channels=128, stage_channels=512)
     paths = sorted([*image_dir.glob("*.jpg"), *image_dir.glob("*.png")])[:count]
     same, total = dict.fromkeys(variants, 0), 0
     with torch.inference_mode():

@@ -98,7 +98,8 @@ def table(perf: dict, e2e: dict, flops: list[dict]) -> str:
     lines += [
         ("The zoo configs have no trained weights here, so their accuracy cost in fp16 or fp8 is not measured; "
          "the perf JSON's per-row agreement figures come from random weights and only check that the kernels compute the same function."),
-        "fp8 = fp16 with the ASPP's bottleneck conv in e4m3 (`model.accel.fast.use_fp8`, Hopper GPUs)"
+        "fp8 = fp16 with the ASPP's bottleneck conv in e4m3 (`model.accel.fast.use_fp8`, Hopper GPUs, as it was when this "
+        "table was measured; it now takes R-50/101's layer4 too: \"FP8 for layer4 too\" below)"
         + ("; the FLOP ceiling column is against the dense fp16 rate either way." if peak else "."),
         "",
         "Reproduce (one H100; the e2e run needs the service's wheels and 2048x1024 JPEGs):",

@@ -45,5 +45,26 @@ def _interpreter_bool_masks() -> None:
     builder.create_masked_load, builder.create_masked_store = masked_load, masked_store
 
 
+def _interpreter_e4m3_rounding() -> None:
+    """Triton 3.9's interpreter rounds float32 to e4m3 (``.to(tl.float8e4nv)``) without carrying a
+    mantissa that rounds up into the exponent: 127.8 becomes 64, not 128. The GPU rounds to
+    nearest even; under the interpreter, PyTorch's conversion (the same rounding) is used instead."""
+    import numpy as np
+    import torch
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    convert = interpreter._convert_float
+
+    def convert_float(input, input_dtype, output_dtype, rounding_mode):
+        if output_dtype == tl.float8e4nv and input_dtype in (tl.float32, tl.float16):
+            x = torch.from_numpy(np.ascontiguousarray(input).astype(np.float32))
+            return x.to(torch.float8_e4m3fn).view(torch.uint8).numpy()
+        return convert(input, input_dtype, output_dtype, rounding_mode)
+
+    interpreter._convert_float = convert_float
+
+
 if os.environ.get("TRITON_INTERPRET") == "1":
     _interpreter_bool_masks()
+    _interpreter_e4m3_rounding()

@@ -32,7 +32,7 @@ from helpers import (
 from export.engines.metadata import ExportMetadata, write_sidecar
 from model import DEFAULT_MODEL, build_model, get_config
 from model.accel import fp8
-from model.accel.fast import Fp8Conv3x3
+from model.accel.fast import Fp8Conv3x3, Fp8Stage
 from model.pipeline import Segmenter
 from model.pipeline.inference import TTA_RATIOS
 from model.pipeline.buckets import InputPolicy
@@ -341,7 +341,7 @@ def test_cuda_backend_serves_the_optimized_network_with_the_same_labels(cuda_gra
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and fp8.supported("cuda")), reason="needs a Hopper GPU (run on the GPU box)")
-def test_fp8_backend_quantizes_the_bottleneck_and_keeps_the_fp16_labels():
+def test_fp8_backend_quantizes_the_bottleneck_and_layer4_and_keeps_most_fp16_labels():
     net = build_model(get_config("deeplabv3plus_r50-d8_4xb2-40k_cityscapes-512x1024"), with_auxiliary=False).eval()
     net.load_state_dict(randomize(net.state_dict(), seed=6))
     images = np.stack([scene(i, size=(260, 129)) for i in range(3)])
@@ -349,10 +349,13 @@ def test_fp8_backend_quantizes_the_bottleneck_and_keeps_the_fp16_labels():
     quantized = TorchBackend(net=copy.deepcopy(net), device="cuda", precision="fp8")
     fp16.load(), quantized.load()
     assert isinstance(quantized.net.decode_head.bottleneck, Fp8Conv3x3)
+    assert isinstance(quantized.net.backbone.stages[3], Fp8Stage)
     quantized.warm_up([(3, 129, 260)])
     assert quantized.describe()["cuda_graphs"] == 1
-    # random weights leave many pixels near a tie between classes (0.99875 with the trained model)
-    assert (quantized.infer(images) == fp16.infer(images)).mean() > 0.95
+    # random weights leave many pixels near a tie between classes: 0.903 here on an H200, where
+    # a wrong kernel agrees on few; the trained model keeps 99.722% of its fp32 labels with its
+    # bottleneck and layer4 in FP8 (bench/results/perf_r50_fp8_layer4_h200.json)
+    assert (quantized.infer(images) == fp16.infer(images)).mean() > 0.85
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU box)")

@@ -5,8 +5,9 @@ by constructors, layer by layer (`model.accel.backbone`, `model.accel.head`, `mo
 every BN folded into the conv before it, conv + bias + residual + ReLU fused, the depthwise,
 max-pool, concat and resize passes as Triton kernels, the image pool computed on a 3 x 3 map, and
 the image's 3 input channels zero-padded to 8 (cuDNN's fp16 tensor-core convs want multiples of 8).
-`use_fp8` (opt-in, Hopper GPUs) then swaps the ASPP's bottleneck, R-50/101's largest conv, for
-e4m3 weights and activations: not exact (`bench.perf` measures the label agreement). All else
+`use_fp8` (opt-in, Hopper GPUs) then swaps the ASPP's bottleneck, R-50/101's largest conv, and
+their layer4 for e4m3 weights and activations: not exact (`bench.perf` measures the label
+agreement). All else
 is exact up to float summation order; `tests/test_fast.py` checks it against the reference and
 that no reference layer is left in the fast network.
 """
@@ -25,15 +26,15 @@ from ..configs import ModelConfig
 from ..heads import resize
 from ..network import DeepLabV3Plus
 from ..resnet import ResNet
-from .backbone import FastResNet
+from .backbone import FastResNet, FusedBlock, Fp8Stage
 from .fp8 import K_STEP
 from .head import FastASPPHead
 from .kernels import normalize_pixels, upsample_argmax
 from .layers import CHANNEL_MULTIPLE, Fp8Conv3x3
 
 __all__ = [
-    "FP8_MIN_CHANNELS", "FastDeepLabV3Plus", "Fp8Conv3x3", "normalizer", "optimize_for_inference", "use_fp8",
-    "whole_image_labels",
+    "FP8_MIN_CHANNELS", "FP8_STAGE_CHANNELS", "FastDeepLabV3Plus", "Fp8Conv3x3", "Fp8Stage", "normalizer",
+    "optimize_for_inference", "use_fp8", "whole_image_labels",
 ]  # fmt: skip
 
 
@@ -72,17 +73,34 @@ def optimize_for_inference(net: DeepLabV3Plus) -> FastDeepLabV3Plus:
 
 
 FP8_MIN_CHANNELS = 512
+FP8_STAGE_CHANNELS = 2048
 
 
-def use_fp8(net: FastDeepLabV3Plus, min_channels: int = FP8_MIN_CHANNELS) -> FastDeepLabV3Plus:
-    """Swap the ASPP's bottleneck conv of an `optimize_for_inference` network for `Fp8Conv3x3`
-    (in place), if it has at least ``min_channels`` output channels (R-50/101: 2048 -> 512; R-18's
-    512 -> 128 gains little). Call it after casting the network to its dtype. Only the bottleneck:
-    layer4's 3x3 convs in FP8 as well saved little more time and changed many more labels
-    (bench/RESULTS.md)."""
+def _fp8_ready(stage: nn.Module) -> bool:
+    """Whether every conv of a backbone stage fits `Fp8Stage`: stride 1, channels in K steps."""
+    if not all(isinstance(block, FusedBlock) for block in stage):
+        return False
+    convs = [conv for block in stage for conv in (*block.convs, block.downsample) if conv is not None]
+    return all(conv.stride == (1, 1) and conv.weight.shape[1] % K_STEP == 0 for conv in convs)
+
+
+def use_fp8(
+    net: FastDeepLabV3Plus, min_channels: int = FP8_MIN_CHANNELS, stage_channels: int = FP8_STAGE_CHANNELS
+) -> FastDeepLabV3Plus:  # fmt: skip
+    """Swap, in place, the ASPP's bottleneck conv of an `optimize_for_inference` network for
+    `Fp8Conv3x3` if it has at least ``min_channels`` output channels (R-50/101: 2048 -> 512; R-18's
+    512 -> 128 gains little), and each backbone stage whose output has at least ``stage_channels``
+    channels for an `Fp8Stage` if its convs have stride 1 (R-50/101's layer4: e4m3 passed from conv
+    to conv, scaled by bounds from the BN statistics). Call it after casting the network to its
+    dtype. Timings and label agreement: bench/RESULTS.md."""
     conv = net.decode_head.bottleneck
     if conv.weight.shape[0] >= min_channels and conv.weight.shape[1] % K_STEP == 0:
         net.decode_head.bottleneck = Fp8Conv3x3(conv)
+    stages = net.backbone.stages
+    for i, stage in enumerate(stages):
+        wide = isinstance(stage, nn.Sequential) and stage[-1].convs[-1].weight.shape[0] >= stage_channels
+        if wide and _fp8_ready(stage):
+            stages[i] = Fp8Stage(stage)
     return net
 
 

@@ -6,7 +6,9 @@
 - `FusedDepthwise`: a separable conv's depthwise 3x3 (+ bias + ReLU) as one Triton pass
   (`model.accel.kernels.depthwise3x3_relu`); `FusedSeparable`: that, then the pointwise `FusedConv`.
 - `StemMaxPool`: the stem's max pool without PyTorch's int64 indices (`model.accel.kernels.max_pool3x3s2`).
-- `Fp8Conv3x3`: a `FusedConv` with e4m3 weights and inputs (`model.accel.fp8`), for `use_fp8`.
+- `Fp8Conv`: a `FusedConv` with e4m3 weights and inputs (`model.accel.fp8`), taking and passing on
+  e4m3 maps (`model.accel.backbone.Fp8Block`); `Fp8Conv3x3`: one taking fp16 maps, scaled per image
+  (the ASPP's bottleneck). Both for `use_fp8`.
 Channel padding: cuDNN's fp16 tensor-core convs take input channels in multiples of 8 and pad
 any other count in a pass of their own (bench/RESULTS.md), so a layer may be built with
 ``in_channels`` rounded up (`round_up`): the extra channels get zero weights (and, depthwise, a
@@ -21,7 +23,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from ..heads import ConvModule, DepthwiseSeparableConvModule
-from .fp8 import conv3x3_fp8, image_amax, quantize_padded, quantize_weight
+from .fp8 import conv_fp8, image_amax, quantize_padded, quantize_weight
 from .kernels import depthwise3x3_relu, depthwise3x3_relu_and_mean, max_pool3x3s2
 
 CHANNEL_MULTIPLE = 8
@@ -58,6 +60,19 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, tor
     return weight, (bias - bn.running_mean) * scale + bn.bias
 
 
+#: how many standard deviations from its mean a BN-normalised activation is taken to reach. FP8's
+#: static scales (`Fp8Conv`) come from it: e4m3 keeps its 3 mantissa bits over a range of 2**15,
+#: so a generous bound costs little precision, while a value past the bound saturates.
+BOUND_SIGMAS = 16.0
+
+
+def activation_bound(bn: nn.BatchNorm2d) -> torch.Tensor:
+    """max |y| of eval-mode ``bn``'s output over its channels, within `BOUND_SIGMAS` of each channel's
+    mean on the data it was trained on (BN makes that mean its bias and that deviation its |weight|):
+    a float32 scalar on ``bn``'s device (no host sync; the meta device too)."""
+    return (bn.bias.abs() + BOUND_SIGMAS * bn.weight.abs()).max().detach().float()
+
+
 def geometry(conv: nn.Conv2d) -> dict:
     """The arguments of ``conv`` that `FusedConv` takes besides its weights."""
     return {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation, "groups": conv.groups}
@@ -72,13 +87,15 @@ class FusedConv(nn.Module):
 
     def __init__(
         self, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool,
-        stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups: int = 1,
+        stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups: int = 1, out_bound: torch.Tensor | None = None,
     ):  # fmt: skip
+        """``out_bound``: `activation_bound` of its BN, before any residual (what FP8 scales by)."""
         super().__init__()
         self.weight = _frozen(weight)
         self.register_parameter("bias", None if bias is None else _frozen(bias))
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.relu = relu
+        self.out_bound = out_bound
 
     @classmethod
     def from_conv_bn(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, in_channels: int | None = None) -> FusedConv:
@@ -86,7 +103,7 @@ class FusedConv(nn.Module):
         weight, bias = fold_conv_bn(conv, bn)
         if in_channels is not None:
             weight = zero_pad(weight, 1, in_channels)
-        return cls(weight, bias, relu, **geometry(conv))
+        return cls(weight, bias, relu, **geometry(conv), out_bound=activation_bound(bn))
 
     @classmethod
     def from_conv_module(cls, module: ConvModule, in_channels: int | None = None) -> FusedConv:
@@ -165,27 +182,53 @@ class StemMaxPool(nn.Module):
         return max_pool3x3s2(x)
 
 
-class Fp8Conv3x3(nn.Module):
-    """A BN-folded 3x3 stride-1 conv + bias (+ residual) (+ ReLU) with e4m3 weights and inputs
-    (`model.accel.fp8`). Its input may be a list of maps: their channel concat, never written in fp16;
-    its residual may be a map of at most 3 x 3, spread over the output (`conv3x3_fp8`)."""
+class Fp8Conv(nn.Module):
+    """A BN-folded stride-1 conv + bias (+ residual) (+ ReLU), 3 x 3 with padding = dilation or 1 x 1,
+    with e4m3 weights and inputs (`model.accel.fp8.conv_fp8`): takes its input as e4m3 and can pass
+    its result on as e4m3, so a chain of them (`Fp8Block`) has no quantize pass between convs."""
 
     def __init__(self, conv: FusedConv):
         super().__init__()
         expect_type(conv, FusedConv, "FP8 conv's source")
-        square = conv.weight.shape[2:] == (3, 3) and conv.stride == (1, 1) and conv.groups == 1
-        if not square or conv.padding != conv.dilation:
-            raise ValueError("the FP8 kernel computes 3x3 stride-1 convs with padding = dilation")
+        kernel = conv.weight.shape[2:]
+        plain = conv.stride == (1, 1) and conv.groups == 1 and conv.dilation[0] == conv.dilation[1]
+        square = kernel == (3, 3) and conv.padding == conv.dilation
+        if not plain or not (square or (kernel == (1, 1) and conv.padding == (0, 0))):
+            raise ValueError("the FP8 kernel computes stride-1 3x3 convs with padding = dilation and 1x1 convs")
         weight_q, weight_scale = quantize_weight(conv.weight.detach())
         # bytes, so that casting the module (.half()) leaves the e4m3 weights alone
         self.register_buffer("weight_bits", weight_q.view(torch.uint8))
         self.register_buffer("weight_scale", weight_scale)
-        self.bias = _frozen(conv.bias)
-        self.dilation, self.relu = conv.dilation[0], conv.relu
+        self.bias = _frozen(conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.weight.shape[0]))
+        self.kernel_size, self.relu = kernel[0], conv.relu
+        #: the padding its e4m3 input needs: a 3 x 3's dilation; a 1 x 1 reads the centre of any
+        self.pad = conv.dilation[0] if self.kernel_size == 3 else None
+
+    def run(
+        self, q: torch.Tensor, amax: torch.Tensor, pad: int, residual: torch.Tensor | None = None,
+        out_amax: torch.Tensor | None = None, out_pad: int = 0, fp16_out: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
+        """`conv_fp8` of the e4m3 map ``q`` (padded by ``pad``, scaled by ``amax``)."""
+        weight_q = self.weight_bits.view(torch.float8_e4m3fn)
+        return conv_fp8(
+            q, amax, weight_q, self.weight_scale.float(), self.bias, self.kernel_size, pad, residual, self.relu,
+            out_amax, out_pad, fp16_out,
+        )  # fmt: skip
+
+
+class Fp8Conv3x3(Fp8Conv):
+    """A 3 x 3 `Fp8Conv` taking fp16 maps, scaled per image (the ASPP's bottleneck: its input is four
+    branches' outputs, quantized by one pass that is also their concat). Its input may be a list of
+    maps: their channel concat, never written in fp16; its residual may be a map of at most 3 x 3,
+    spread over the output (`conv_fp8`)."""
+
+    def __init__(self, conv: FusedConv):
+        if conv.weight.shape[2:] != (3, 3):
+            raise ValueError("Fp8Conv3x3 takes 3x3 stride-1 convs with padding = dilation")
+        super().__init__(conv)
 
     def forward(self, x: torch.Tensor | list[torch.Tensor], residual: torch.Tensor | None = None) -> torch.Tensor:
         maps = x if isinstance(x, list) else [x]
         amax = image_amax(maps)
-        q = quantize_padded(maps, amax, self.dilation)
-        weight_q = self.weight_bits.view(torch.float8_e4m3fn)
-        return conv3x3_fp8(q, amax, weight_q, self.weight_scale.float(), self.bias, self.dilation, residual, self.relu)
+        out, _ = self.run(quantize_padded(maps, amax, self.pad), amax, self.pad, residual)
+        return out
