@@ -329,9 +329,11 @@ def conv_fp8(
     is spread over it as by `model.accel.kernels.spread_borders`, without that full-size map
     ever being written.
 
-    ``promote_every``: None lets the tensor cores accumulate the whole K (Triton's default on
-    sm90; their FP8 accumulator keeps fewer bits than fp32); 128 adds into a true fp32
-    accumulator every 128 products: more exact, but slower (both measured in bench/RESULTS.md)."""
+    ``tiling`` is the implicit-GEMM kernel's, ``pointwise_tiling`` the persistent 1 x 1 GEMM's
+    (default `POINTWISE_TILING`). ``promote_every`` (the implicit-GEMM kernel only): None lets the
+    tensor cores accumulate the whole K (Triton's default on sm90; their FP8 accumulator keeps
+    fewer bits than fp32); 128 adds into a true fp32 accumulator every 128 products: more exact,
+    but slower (both measured in bench/RESULTS.md)."""
     if not on_kernel_device(q):
         return conv_fp8_reference(
             q, amax, weight_q, weight_scale, bias, kernel_size, pad, residual, relu, out_amax, out_pad, fp16_out
