@@ -120,14 +120,7 @@ if triton is not None:
         OUT_FP16: tl.constexpr, OUT_FP8: tl.constexpr, PROMOTE_EVERY: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SWIZZLE: tl.constexpr,
     ):  # fmt: skip
-        pid = tl.program_id(0)
-        tiles_m = tl.cdiv(P, BM)
-        tiles_n = tl.cdiv(COUT, BN)
-        per_band = SWIZZLE * tiles_n  # consecutive programs share A rows and sweep all of B
-        first_m = pid // per_band * SWIZZLE
-        band_m = tl.minimum(tiles_m - first_m, SWIZZLE)
-        pid_m = first_m + (pid % per_band) % band_m
-        pid_n = (pid % per_band) // band_m
+        pid_m, pid_n = _tile_of(tl.program_id(0), SWIZZLE * tl.cdiv(COUT, BN), tl.cdiv(P, BM), SWIZZLE)
         rows = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
         n = rows // (Hp * Wp)
         h = (rows // Wp) % Hp
@@ -160,16 +153,21 @@ if triton is not None:
             if OUT_FP16:
                 tl.store(out + dst, y.to(tl.float16), mask=ok)
             if OUT_FP8:  # the next conv's input: scaled by its static amax, saturated, QPAD zero pixels around
-                qa = tl.load(q_amax)
-                qv = y * tl.where(qa > 0, tl.math.div_rn(448.0, qa), 1.0)
-                qv = tl.minimum(tl.maximum(qv, -448.0), 448.0).to(tl.float8e4nv)
+                qv = _to_e4m3(y, tl.load(q_amax))
                 q_dst = ((n * (H + 2 * QPAD) + h + QPAD) * (W + 2 * QPAD) + w + QPAD)[:, None] * COUT + cols[None, :]
                 tl.store(q_out + q_dst, qv, mask=ok)
 
 
     @triton.jit
+    def _to_e4m3(y, amax):
+        """y scaled by 448 / amax (a static bound of it), saturated at e4m3's +-448 and rounded."""
+        scaled = y * tl.where(amax > 0, tl.math.div_rn(448.0, amax), 1.0)
+        return tl.minimum(tl.maximum(scaled, -448.0), 448.0).to(tl.float8e4nv)
+
+    @triton.jit
     def _tile_of(tile, per_band, tiles_m, SWIZZLE: tl.constexpr):
-        """Tile ``tile``'s (row, column) block: SWIZZLE consecutive row blocks share a sweep of B."""
+        """Tile ``tile``'s (row, column) block: SWIZZLE consecutive row blocks share a sweep of B
+        (``per_band`` = SWIZZLE x column blocks), so consecutive programs reuse A rows in L2."""
         first_m = tile // per_band * SWIZZLE
         band_m = tl.minimum(tiles_m - first_m, SWIZZLE)
         return first_m + (tile % per_band) % band_m, (tile % per_band) // band_m
@@ -189,9 +187,7 @@ if triton is not None:
         if OUT_FP16:
             out_desc.store([row0, col0], y.to(tl.float16))
         if OUT_FP8:
-            qa = tl.load(q_amax)
-            qv = y * tl.where(qa > 0, tl.math.div_rn(448.0, qa), 1.0)
-            q_desc.store([row0, col0], tl.minimum(tl.maximum(qv, -448.0), 448.0).to(tl.float8e4nv))
+            q_desc.store([row0, col0], _to_e4m3(y, tl.load(q_amax)))
 
     @triton.jit
     def _pointwise_fp8_kernel(
